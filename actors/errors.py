@@ -1,0 +1,9 @@
+"""Errors of the actor runtime."""
+
+from __future__ import annotations
+
+from engine import EngineError
+
+
+class EngineStoppedError(EngineError):
+    """The engine is not running: not started yet, stopped, or stopped by a storage failure."""

@@ -1,0 +1,45 @@
+"""A handle on one run: its status, and a blocking wait for its result."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from engine import RunFailedError
+from engine import queries
+
+if TYPE_CHECKING:
+    from actors.runtime import Steplog
+
+FINISHED = ("completed", "failed", "cancelled")
+
+
+class RunHandle:
+    """Refers to a run by id; reads its state from the log."""
+
+    def __init__(self, client: Steplog, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
+
+    def info(self) -> dict[str, Any]:
+        """The run's summary row."""
+        return queries.get_run(self.client.store, self.run_id)
+
+    @property
+    def status(self) -> str:
+        return str(self.info()["status"])
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the run has ended; False if ``timeout`` seconds passed first."""
+        return self.client._wait_until(lambda: self.status in FINISHED, timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The run's output once it completes; RunFailedError if it failed, TimeoutError if it is still going."""
+        if not self.wait(timeout):
+            raise TimeoutError(f"run {self.run_id} has not ended after {timeout} s (status {self.status})")
+        info = self.info()
+        if info["status"] != "completed":
+            raise RunFailedError(self.run_id, info.get("error") or {}, info["status"])
+        return info["output"]

@@ -1,0 +1,58 @@
+"""The event router: checks and records each send, then hands the runs it scheduled to the
+supervisors of their functions. A send is answered only after its events are committed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import pykka
+
+from engine import Engine
+from engine.routing import ScheduledRun
+from engine.state import RunState
+from actors.activity import Activity
+from actors.messages import StartRun
+
+
+@attrs.frozen
+class Send:
+    """Router: accept these events and answer with the engine's Accepted on ``reply``."""
+
+    events: Any
+    reply: pykka.Future[Any]
+
+
+class EventRouter(pykka.ThreadingActor):
+    """Accepts events and starts the runs they trigger."""
+
+    use_daemon_thread = True
+
+    def __init__(self, engine: Engine, supervisors: Mapping[str, pykka.ActorRef[Any]], activity: Activity) -> None:
+        super().__init__()
+        self._engine = engine
+        self._supervisors = supervisors
+        self._activity = activity
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Send):
+            self._send(message)
+        return None
+
+    def _send(self, message: Send) -> None:
+        try:
+            accepted = self._engine.accept(message.events)
+        except Exception as error:  # noqa: BLE001 - the caller gets the error; the router lives on
+            message.reply.set_exception((type(error), error, error.__traceback__))
+            return
+        self._activity.begin(len(accepted.runs))
+        for run in accepted.runs:
+            self._supervisors[run.function_id].tell(StartRun(run.run_id, _fresh_state(run)))
+        message.reply.set(accepted)
+
+
+def _fresh_state(run: ScheduledRun) -> RunState:
+    state = RunState(run.run_id)
+    state.apply(run.entry.type, run.entry.data)
+    return state

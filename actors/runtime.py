@@ -1,0 +1,277 @@
+"""The embedded engine: ``Steplog``, the client a user creates, defines functions on, starts and
+sends events to. It builds the actors on start and stops them on stop.
+
+    writer      StoreWriter        the only writer; group commit
+    router      EventRouter        checks, records and routes sends
+    supervisors FunctionSupervisor one per function; starts, limits and restarts run actors
+    runs        RunActor           one per executing run; stops when its run suspends or ends
+    timer       TimerActor         wakes runs whose retry time has come (+ a ticker thread)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
+from engine import (
+    Clock,
+    Engine,
+    FunctionDef,
+    FunctionRegistry,
+    Limits,
+    ManualClock,
+    RetryPolicy,
+    RunProjector,
+    SystemClock,
+    TriggerEvent,
+    define_function,
+    queries,
+)
+from engine.service import EventInput
+from actors.activity import Activity
+from actors.errors import EngineStoppedError
+from actors.handle import RunHandle
+from actors.messages import Arm, StartRun, Tick
+from actors.router import EventRouter, Send
+from actors.supervisor import FunctionSupervisor
+from actors.timer import Ticker, TimerActor
+from actors.writer import StoreWriter, commit_through
+
+log = logging.getLogger("steplog")
+DEFAULT_MAX_ACTIVE = 32
+
+
+class Steplog:
+    """An embedded durable-function engine on a SQLite file (or in memory, for tests).
+
+    Args:
+        app_id: the application's name, as in Inngest's client.
+        db: a SQLite file path, ``":memory:"`` for an in-memory log, or an EventStore built with
+            ``RunProjector()``.
+        clock: time source; a ``ManualClock`` lets tests move time without waiting.
+        limits: size and count limits (event 256 KiB, step output 4 MiB, 1,000 steps per run).
+        max_steps_per_run: shortcut to raise or lower ``limits.steps_per_run``.
+        synchronous: SQLite durability; ``"FULL"`` (default) fsyncs every group commit.
+        max_active_runs: runs of one function executing at once (each holds a thread).
+    """
+
+    def __init__(
+        self,
+        app_id: str = "app",
+        *,
+        db: str | Path | EventStore = "steplog.db",
+        clock: Clock | None = None,
+        limits: Limits | None = None,
+        max_steps_per_run: int | None = None,
+        synchronous: str = "FULL",
+        max_active_runs: int = DEFAULT_MAX_ACTIVE,
+    ) -> None:
+        self.app_id = app_id
+        self._db = db
+        self._synchronous = synchronous
+        self.clock: Clock = clock or SystemClock()
+        limits = limits or Limits()
+        if max_steps_per_run is not None:
+            limits = Limits(limits.event_bytes, limits.events_per_send, limits.step_output_bytes, max_steps_per_run)
+        self.limits = limits
+        self._max_active = max_active_runs
+        self.registry = FunctionRegistry()
+        self._store: EventStore | None = None
+        self._started = False
+        self._failure: StorageError | None = None
+        self._actors: list[pykka.ActorRef[Any]] = []
+        self._cleanup: list[Callable[[], None]] = []
+
+    # -- defining ------------------------------------------------------------------------------
+
+    def create_function(
+        self,
+        *,
+        fn_id: str,
+        trigger: TriggerEvent | Sequence[TriggerEvent],
+        name: str | None = None,
+        retries: int | RetryPolicy = 4,
+    ) -> Callable[[Callable[..., Any]], FunctionDef]:
+        """Decorator that defines a durable function, as Inngest's ``create_function``."""
+
+        def decorate(handler: Callable[..., Any]) -> FunctionDef:
+            function = define_function(handler, fn_id=fn_id, trigger=trigger, name=name, retries=retries)
+            if self._started:
+                raise EngineStoppedError("define functions before start(): the running engine's set is fixed")
+            self.registry.add(function)
+            return function
+
+        return decorate
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> EventStore:
+        """The event store (opened on first use)."""
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
+
+    def _open_store(self) -> EventStore:
+        if isinstance(self._db, EventStore):
+            if not isinstance(self._db.projector, RunProjector):
+                raise ValueError("an EventStore given as db= must be built with projector=RunProjector()")
+            return self._db
+        if str(self._db) == ":memory:":
+            return MemoryEventStore(RunProjector())
+        return SqliteEventStore(self._db, RunProjector(), synchronous=self._synchronous)  # type: ignore[arg-type]
+
+    def start(self) -> Steplog:
+        """Start the actors and resume the work left in the log; returns self."""
+        if self._started:
+            return self
+        self._activity = Activity()
+        writer = StoreWriter.start(self.store, self.clock, self._storage_failed)
+        self._engine = Engine(
+            self.store, registry=self.registry, clock=self.clock, limits=self.limits, committer=commit_through(writer)
+        )
+        self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
+        timer = TimerActor.start(self.clock, self._activity, self._supervisors)
+        for function in self.registry.all():
+            self._supervisors[function.id] = FunctionSupervisor.start(
+                function.id, self._engine, timer, self._activity, self._storage_failed, self._max_active
+            )
+        self._router = EventRouter.start(self._engine, self._supervisors, self._activity)
+        self._timer = timer
+        self._actors = [self._router, *self._supervisors.values(), timer, writer]
+        self._start_clock(timer)
+        self._started = True
+        self._resume()
+        return self
+
+    def _start_clock(self, timer: pykka.ActorRef[TimerActor]) -> None:
+        if isinstance(self.clock, ManualClock):
+            self._cleanup.append(self.clock.subscribe(lambda _now: timer.ask(Tick())))
+            return
+        ticker = Ticker(self.clock, timer)
+        timer.proxy().attach_ticker(ticker).get()
+        ticker.start()
+        self._cleanup.append(ticker.stop)
+
+    def _resume(self) -> None:
+        recovery = self._engine.recover()
+        for run_id, function_id in recovery.ready:
+            supervisor = self._supervisors.get(function_id)
+            if supervisor is None:
+                log.warning("run %s belongs to function %r, which is not defined; it waits", run_id, function_id)
+                continue
+            self._activity.begin()
+            supervisor.tell(StartRun(run_id))
+        for due, run_id, function_id in recovery.timers:
+            self._timer.tell(Arm(due, run_id, function_id))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let executing runs finish their invocation (up to ``timeout`` s), then stop every actor.
+
+        Whatever was not finished resumes from the log at the next start.
+        """
+        if not self._started:
+            return
+        if self._failure is None:
+            self._activity.wait_idle(timeout)
+        for cleanup in reversed(self._cleanup):
+            cleanup()
+        self._cleanup.clear()
+        for ref in self._actors:
+            ref.stop(block=False)
+        for ref in self._actors:
+            ref.actor_stopped.wait(timeout)
+        self._started = False
+        self.store.close()
+        self._store = None
+
+    def __enter__(self) -> Steplog:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _storage_failed(self, error: StorageError) -> None:
+        log.critical("steplog stops: the store failed: %s", error)
+        self._failure = error
+        self._activity.fail(EngineStoppedError(f"the engine stopped because the store failed: {error}"))
+
+    def _check_running(self) -> None:
+        if self._failure is not None:
+            raise EngineStoppedError(f"the engine stopped because the store failed: {self._failure}")
+        if not self._started:
+            raise EngineStoppedError("the engine is not started: call start() or use 'with client:'")
+
+    # -- sending and waiting -------------------------------------------------------------------
+
+    def send(self, events: EventInput) -> list[str]:
+        """Send one event or a list; returns their ids once they are committed.
+
+        Raises EventError (nothing of the send is accepted) if any event is malformed or too large.
+        """
+        self._check_running()
+        reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        self._router.tell(Send(events, reply))
+        return list(reply.get().ids)
+
+    send_sync = send
+
+    def run_until_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no run is queued or executing (runs waiting for a later time do not count)."""
+        self._check_running()
+        return self._activity.wait_idle(timeout)
+
+    def advance(self, delta: timedelta | float, *, wait: bool = True) -> datetime:
+        """Move a ManualClock forward, start what became due, and (by default) wait until idle."""
+        if not isinstance(self.clock, ManualClock):
+            raise TypeError("advance() needs a client built with clock=ManualClock()")
+        now = self.clock.advance(delta)
+        if wait:
+            self.run_until_idle()
+        return now
+
+    def next_timer(self) -> datetime | None:
+        """When the earliest waiting run is due, if any."""
+        self._check_running()
+        return self._timer.proxy().next_due().get()  # type: ignore[no-any-return]
+
+    def run(self, run_id: str) -> RunHandle:
+        """A handle on one run."""
+        return RunHandle(self, run_id)
+
+    def runs_for_event(self, event_id: str) -> list[RunHandle]:
+        """Handles on the runs an event started."""
+        return [RunHandle(self, row["run_id"]) for row in self.store.query("runs", where={"event_id": event_id})]
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        if not self._started:
+            return done()
+        return self._activity.wait_until(done, timeout)
+
+    # -- querying ------------------------------------------------------------------------------
+
+    def list_events(self, **filters: Any) -> list[dict[str, Any]]:
+        """Events, newest first: ``name``, ``since``, ``until``, ``limit``."""
+        return queries.list_events(self.store, **filters)
+
+    def list_runs(self, **filters: Any) -> list[dict[str, Any]]:
+        """Runs, newest first: ``function_id``, ``status``, ``event_id``, ``since``, ``until``, ``limit``."""
+        return queries.list_runs(self.store, **filters)
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """A run's summary: status, times, step count, output or error."""
+        return queries.get_run(self.store, run_id)
+
+    def run_history(self, run_id: str) -> queries.RunHistory:
+        """A run's summary and each step attempt."""
+        return queries.run_history(self.store, run_id)
+
+    def rebuild_projections(self, *, apply: bool = True) -> list[Difference]:
+        """Rebuild the current-state tables from the log; returns how the live ones differed."""
+        return self.store.rebuild_projections(apply=apply)

@@ -1,0 +1,108 @@
+"""One supervisor per function: starts run actors, keeps at most ``max_active`` of them
+executing, hands suspended runs to the timer, and restarts a run actor that crashed.
+
+A crashed run actor never stops the engine: the supervisor restarts the run from the log, up to
+``MAX_RESTARTS`` times, and then fails the run with the error, so that it stays visible.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from eventstore import StorageError
+from engine import Engine
+from engine.invocation import Outcome
+from engine.service import StaleRunError
+from engine.state import RunState
+from actors.activity import Activity
+from actors.messages import Arm, RunCrashed, RunEnded, StartRun
+from actors.run import RunActor
+
+MAX_RESTARTS = 3
+
+
+class FunctionSupervisor(pykka.ThreadingActor):
+    """Admits the runs of one function and watches over their actors."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        function_id: str,
+        engine: Engine,
+        timer: pykka.ActorRef[Any],
+        activity: Activity,
+        on_storage_failure: Callable[[StorageError], None],
+        max_active: int,
+    ) -> None:
+        super().__init__()
+        self._function_id = function_id
+        self._engine = engine
+        self._timer = timer
+        self._activity = activity
+        self._on_storage_failure = on_storage_failure
+        self._max_active = max_active
+        self._active: dict[str, pykka.ActorRef[Any]] = {}
+        self._waiting: deque[StartRun] = deque()
+        self._queued: set[str] = set()
+        self._restarts: dict[str, int] = {}
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, StartRun):
+            self._admit(message)
+        elif isinstance(message, RunEnded):
+            self._ended(message.run_id, message.outcome)
+        elif isinstance(message, RunCrashed):
+            self._crashed(message.run_id, message.error)
+        return None
+
+    def _admit(self, request: StartRun) -> None:
+        if request.run_id in self._active or request.run_id in self._queued:
+            self._activity.end()
+            return
+        self._waiting.append(request)
+        self._queued.add(request.run_id)
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        while self._waiting and len(self._active) < self._max_active:
+            request = self._waiting.popleft()
+            self._queued.discard(request.run_id)
+            self._start(request.run_id, request.state)
+
+    def _start(self, run_id: str, state: RunState | None) -> None:
+        self._active[run_id] = RunActor.start(self._engine, run_id, state, self.actor_ref)
+
+    def _ended(self, run_id: str, outcome: Outcome) -> None:
+        self._active.pop(run_id, None)
+        self._restarts.pop(run_id, None)
+        if outcome.wake_at is not None:
+            self._timer.tell(Arm(outcome.wake_at, run_id, self._function_id))
+        self._activity.end()
+        self._start_waiting()
+
+    def _crashed(self, run_id: str, error: BaseException) -> None:
+        self._active.pop(run_id, None)
+        if isinstance(error, StorageError):
+            self._on_storage_failure(error)
+            self._activity.end()
+            return
+        if isinstance(error, StaleRunError):
+            self._activity.end()
+        else:
+            self._restart_or_fail(run_id, error)
+        self._start_waiting()
+
+    def _restart_or_fail(self, run_id: str, error: BaseException) -> None:
+        restarts = self._restarts.get(run_id, 0) + 1
+        self._restarts[run_id] = restarts
+        if restarts <= MAX_RESTARTS:
+            self._start(run_id, None)
+            return
+        self._restarts.pop(run_id, None)
+        self._engine.fail_run(run_id, error)
+        self._activity.end()

@@ -1,0 +1,101 @@
+"""The timer actor: holds the runs that wait for a time (retry backoff) and starts them when due.
+
+With a real clock a small ticker thread sleeps until the next due time and then sends ``Tick``.
+With a manual clock the runtime asks for a ``Tick`` after every advance, so a test that moves
+time forward finds the due runs already started when ``advance`` returns.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import pykka
+
+from engine.clock import Clock
+from actors.activity import Activity
+from actors.messages import Arm, StartRun, Tick
+
+
+class TimerActor(pykka.ThreadingActor):
+    """A heap of (due, run) that starts each run at its time, never earlier."""
+
+    use_daemon_thread = True
+
+    def __init__(self, clock: Clock, activity: Activity, supervisors: Mapping[str, pykka.ActorRef[Any]]) -> None:
+        super().__init__()
+        self._clock = clock
+        self._activity = activity
+        self._supervisors = supervisors
+        self._heap: list[tuple[datetime, str, str]] = []
+        self._ticker: Ticker | None = None
+
+    def attach_ticker(self, ticker: Ticker) -> None:
+        self._ticker = ticker
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Arm):
+            heapq.heappush(self._heap, (message.due, message.run_id, message.function_id))
+            self._fire_due()
+        elif isinstance(message, Tick):
+            self._fire_due()
+        return None
+
+    def _fire_due(self) -> None:
+        now = self._clock.now()
+        while self._heap and self._heap[0][0] <= now:
+            _, run_id, function_id = heapq.heappop(self._heap)
+            supervisor = self._supervisors.get(function_id)
+            if supervisor is not None:
+                self._activity.begin()
+                supervisor.tell(StartRun(run_id))
+        if self._ticker is not None:
+            self._ticker.wake_at(self._heap[0][0] if self._heap else None)
+
+    def pending(self) -> int:
+        return len(self._heap)
+
+    def next_due(self) -> datetime | None:
+        return self._heap[0][0] if self._heap else None
+
+
+class Ticker:
+    """A thread that sends the timer a ``Tick`` when the next due time comes (real clocks only)."""
+
+    def __init__(self, clock: Clock, timer: pykka.ActorRef[TimerActor]) -> None:
+        self._clock = clock
+        self._timer = timer
+        self._condition = threading.Condition()
+        self._due: datetime | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="steplog-ticker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify_all()
+        self._thread.join(timeout=5)
+
+    def wake_at(self, due: datetime | None) -> None:
+        with self._condition:
+            self._due = due
+            self._condition.notify_all()
+
+    def _loop(self) -> None:
+        with self._condition:
+            while not self._stopped:
+                if self._due is None:
+                    self._condition.wait()
+                    continue
+                delay = (self._due - self._clock.now()).total_seconds()
+                if delay > 0:
+                    self._condition.wait(delay)
+                    continue
+                self._due = None
+                self._timer.tell(Tick())

@@ -1,0 +1,354 @@
+"""``python -m benchmarks [WORKLOAD ...] [--systems steplog,dbos] [--quick] [--json FILE]``.
+
+Runs each workload point on each system in its own fresh subprocess
+(``python -m benchmarks.run_<system> WORKLOAD --n SIZE``), collects the JSON lines the child prints,
+prints a table with the steplog/dbos ratio of every figure and the targets, and optionally writes
+the results as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import workloads as wl
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHILD_TIMEOUT_S = 1800.0
+STDERR_TAIL_LINES = 15
+
+Record = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@dataclass(frozen=True)
+class Options:
+    workloads: tuple[str, ...]
+    systems: tuple[str, ...]
+    sizes: wl.Sizes
+    json_path: Path | None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run steplog and DBOS on the same workloads and print steplog/dbos ratios.",
+        epilog="; ".join(f"{name}: {text}" for name, text in wl.DESCRIPTIONS.items()),
+    )
+    parser.add_argument(
+        "workloads",
+        nargs="*",
+        type=_workload,
+        metavar="WORKLOAD",
+        help=f"any of {', '.join(wl.WORKLOADS)} (default: all)",
+    )
+    parser.add_argument(
+        "--systems",
+        default=",".join(wl.SYSTEMS),
+        type=_system_list,
+        help="comma-separated systems to run (default: steplog,dbos)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke sizes: W1 {wl.QUICK.w1_runs} runs, "
+        f"W2 S={','.join(map(str, wl.QUICK.w2_steps))}, W3 {wl.QUICK.w3_runs} runs",
+    )
+    parser.add_argument(
+        "--json", dest="json_path", type=Path, help="write one JSON object per line"
+    )
+    ns = parser.parse_args(argv)
+    workloads = tuple(dict.fromkeys(ns.workloads)) or wl.WORKLOADS
+    return Options(
+        workloads=workloads,
+        systems=ns.systems,
+        sizes=wl.QUICK if ns.quick else wl.FULL,
+        json_path=ns.json_path,
+    )
+
+
+def _workload(text: str) -> str:
+    name = text.strip().upper()
+    if name not in wl.WORKLOADS:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload {text!r}; expected one of {', '.join(wl.WORKLOADS)}"
+        )
+    return name
+
+
+def _system_list(text: str) -> tuple[str, ...]:
+    systems = tuple(dict.fromkeys(s.strip().lower() for s in text.split(",") if s.strip()))
+    unknown = [s for s in systems if s not in wl.SYSTEMS]
+    if unknown or not systems:
+        raise argparse.ArgumentTypeError(
+            f"unknown system(s) {', '.join(unknown) or '(none)'}; "
+            f"expected some of {', '.join(wl.SYSTEMS)}"
+        )
+    return systems
+
+
+def available_systems(requested: tuple[str, ...]) -> tuple[str, ...]:
+    """Drop DBOS with a clear note when it is not installed; steplog always runs if asked for."""
+    if "dbos" in requested and importlib.util.find_spec("dbos") is None:
+        note(
+            "NOTE: dbos is not installed, so only steplog runs and every ratio is n/a. "
+            "Install it with `pip install dbos` (figures in benchmarks/README.md use dbos 3.4.0)."
+        )
+        return tuple(s for s in requested if s != "dbos")
+    return requested
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def child_command(system: str, workload: str, size: int) -> list[str]:
+    return [sys.executable, "-m", f"benchmarks.run_{system}", workload, "--n", str(size)]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + path if path else "")
+    return env
+
+
+def run_child(system: str, workload: str, size: int) -> list[Record]:
+    """Run one workload point in a fresh process; its records, or [] and a note on failure."""
+    label = f"{workload} {size_label(workload, size)} on {system}"
+    note(f"running {label} ...")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            child_command(system, workload, size),
+            cwd=REPO_ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        note(f"  FAILED: {label} did not finish within {CHILD_TIMEOUT_S:.0f} s")
+        return []
+    records = parse_records(proc.stdout)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0 or not records:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-STDERR_TAIL_LINES:])
+        note(f"  FAILED: {label} exited {proc.returncode} after {elapsed:.1f} s\n{indent(tail)}")
+        return []
+    note(f"  done in {elapsed:.1f} s (process included)")
+    return records
+
+
+def parse_records(stdout: str) -> list[Record]:
+    records: list[Record] = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and "workload" in obj and "system" in obj:
+            records.append(obj)
+    return records
+
+
+def indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def run_all(options: Options, systems: tuple[str, ...]) -> tuple[list[Record], int]:
+    records: list[Record] = []
+    failures = 0
+    for workload in options.workloads:
+        for size in options.sizes.points(workload):
+            for system in systems:
+                got = run_child(system, workload, size)
+                failures += not got
+                records.extend(got)
+    return records, failures
+
+
+# --------------------------------------------------------------------------- table
+
+
+def size_of(record: Record) -> int:
+    return int(record["steps"] if record["workload"] == wl.W2 else record["runs"])
+
+
+def size_label(workload: str, size: int) -> str:
+    return f"S={size}" if workload == wl.W2 else f"n={size}"
+
+
+def index(records: list[Record]) -> dict[tuple[str, int, str], Record]:
+    return {(r["workload"], size_of(r), r["system"]): r for r in records}
+
+
+def ratio(mine: Any, theirs: Any) -> float | None:
+    if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs:
+        return float(mine) / float(theirs)
+    return None
+
+
+def fmt(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def table_rows(options: Options, records: list[Record]) -> list[tuple[str, ...]]:
+    by_key = index(records)
+    rows: list[tuple[str, ...]] = []
+    for workload in options.workloads:
+        for size in options.sizes.points(workload):
+            mine = by_key.get((workload, size, "steplog"), {})
+            theirs = by_key.get((workload, size, "dbos"), {})
+            for figure in wl.FIGURES:
+                a, b = mine.get(figure), theirs.get(figure)
+                if a is None and b is None:
+                    continue
+                goal = "higher" if wl.HIGHER_IS_BETTER[figure] else "lower"
+                rows.append(
+                    (
+                        f"{workload} {size_label(workload, size)}",
+                        figure,
+                        fmt(a),
+                        fmt(b),
+                        fmt_ratio(ratio(a, b)),
+                        goal,
+                    )
+                )
+    return rows
+
+
+def render_table(rows: list[tuple[str, ...]]) -> str:
+    header = ("workload", "figure", "steplog", "dbos", "steplog/dbos", "better")
+    all_rows = [header, *rows]
+    widths = [max(len(row[i]) for row in all_rows) for i in range(len(header))]
+    right = {2, 3, 4}
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    previous = None
+    for row in rows:
+        if previous is not None and row[0] != previous:
+            out.append("")
+        out.append(line(row))
+        previous = row[0]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def target_lines(records: list[Record]) -> list[str]:
+    by_key = index(records)
+    return [_target_w1(records, by_key), _target_w2(records), _target_w3(records)]
+
+
+def _verdict(ok: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "n/a "}[ok]
+
+
+def _target_w1(records: list[Record], by_key: dict[tuple[str, int, str], Record]) -> str:
+    sizes = sorted({size_of(r) for r in records if r["workload"] == wl.W1})
+    value = None
+    for size in sizes:
+        value = ratio(
+            by_key.get((wl.W1, size, "steplog"), {}).get("steps_per_s"),
+            by_key.get((wl.W1, size, "dbos"), {}).get("steps_per_s"),
+        )
+    ok = None if value is None else value >= 20.0
+    return f"{_verdict(ok)}  W1 steplog steps/s >= 20x DBOS: {fmt_ratio(value)}"
+
+
+def _target_w2(records: list[Record]) -> str:
+    mine = {
+        size_of(r): r["us_per_step"]
+        for r in records
+        if r["workload"] == wl.W2 and r["system"] == "steplog"
+    }
+    if len(mine) < 2:
+        return f"{_verdict(None)}  W2 steplog us/step at largest S within 1.3x of smallest S: n/a"
+    small, large = min(mine), max(mine)
+    value = ratio(mine[large], mine[small])
+    ok = None if value is None else value <= 1.3
+    return (
+        f"{_verdict(ok)}  W2 steplog us/step at S={large} within 1.3x of S={small}: "
+        f"{fmt(mine[large])} vs {fmt(mine[small])} us = {fmt_ratio(value)}"
+    )
+
+
+def _target_w3(records: list[Record]) -> str:
+    p50 = next(
+        (r["p50_ms"] for r in records if r["workload"] == wl.W3 and r["system"] == "steplog"), None
+    )
+    ok = None if p50 is None else p50 < 2.0
+    return f"{_verdict(ok)}  W3 steplog p50 < 2 ms: {fmt(p50)} ms"
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_json(path: Path, records: list[Record]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record) + "\n")
+
+
+def report(options: Options, records: list[Record], ran: tuple[str, ...]) -> None:
+    sizes = "quick" if options.sizes == wl.QUICK else "full"
+    print(f"steplog benchmarks ({sizes} sizes; systems run: {', '.join(ran) or 'none'})")
+    print("ratio = steplog / dbos; 'better' says which direction is good for that figure")
+    print()
+    print(render_table(table_rows(options, records)))
+    print()
+    print("targets:")
+    for text in target_lines(records):
+        print("  " + text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    systems = available_systems(options.systems)
+    records, failures = run_all(options, systems)
+    report(options, records, systems)
+    if options.json_path is not None:
+        write_json(options.json_path, records)
+        note(f"wrote {len(records)} result(s) to {options.json_path}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""What a function receives: ``ctx.event``, ``ctx.events``, ``ctx.run_id``, ``ctx.attempt``,
+``ctx.step`` and ``ctx.logger``, in the shape of Inngest's Python SDK.
+
+``ctx.step.run`` is a plain call in a ``def`` function and a coroutine in an ``async def`` one.
+Step bodies may be plain or ``async`` in either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from engine.errors import StepError
+from engine.events import Event
+from engine.ids import StepKeys
+from engine.invocation import Invocation
+
+RUN_KIND = "run"
+
+
+def _logger(invocation: Invocation) -> logging.LoggerAdapter[logging.Logger]:
+    logger = logging.getLogger(f"steplog.function.{invocation.function.id}")
+    adapter = _QuietLogger(logger, {"run_id": invocation.state.run_id})
+    adapter.invocation = invocation
+    return adapter
+
+
+class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    invocation: Invocation
+
+    def isEnabledFor(self, level: int) -> bool:
+        return not self.invocation.replaying and self.logger.isEnabledFor(level)
+
+
+class _StepCore:
+    """The step logic both flavours share: memo lookup, running the body, committing."""
+
+    def __init__(self, invocation: Invocation, context: Context) -> None:
+        self._invocation = invocation
+        self._context = context
+        self._keys = StepKeys()
+
+    def _begin(self, step_id: str) -> tuple[str, Any, bool]:
+        if not isinstance(step_id, str) or not step_id:
+            raise ValueError(f"a step id must be a non-empty string, got {step_id!r}")
+        key = self._keys.next(step_id)
+        record = self._invocation.memoized(key, RUN_KIND)
+        if record is not None:
+            return key, record, True
+        self._invocation.check_step_limit()
+        self._context.attempt = self._invocation.step_attempt(key)
+        self._invocation.in_step = True
+        return key, None, False
+
+    def _replayed(self, key: str, record: Any) -> Any:
+        if record.error is not None:
+            error = record.error
+            raise StepError(key, error["name"], error["message"], error.get("stack"))
+        return record.output
+
+    def _finish(self, key: str, step_id: str, started: Any, outcome: tuple[bool, Any]) -> Any:
+        self._invocation.in_step = False
+        self._context.attempt = self._invocation.state.run_failures
+        ok, value = outcome
+        if ok:
+            return self._invocation.record_output(key, step_id, RUN_KIND, value, started)
+        self._invocation.record_failure(key, step_id, RUN_KIND, value, started)
+
+
+class Step(_StepCore):
+    """Steps for ``def`` functions."""
+
+    def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``handler(*args, **kwargs)`` once as a retriable step; return its committed result."""
+        key, record, done = self._begin(step_id)
+        if done:
+            return self._replayed(key, record)
+        started = self._invocation.clock.now()
+        try:
+            value = handler(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_await(value))
+            outcome: tuple[bool, Any] = (True, value)
+        except Exception as error:
+            outcome = (False, error)
+        return self._finish(key, step_id, started, outcome)
+
+
+class AsyncStep(_StepCore):
+    """Steps for ``async def`` functions: each method is awaited."""
+
+    async def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``handler(*args, **kwargs)`` once as a retriable step; return its committed result."""
+        key, record, done = self._begin(step_id)
+        if done:
+            return self._replayed(key, record)
+        started = self._invocation.clock.now()
+        try:
+            value = handler(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+            outcome: tuple[bool, Any] = (True, value)
+        except Exception as error:
+            outcome = (False, error)
+        return self._finish(key, step_id, started, outcome)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+@attrs.define(eq=False)
+class Context:
+    """The context of one invocation of a run."""
+
+    event: Event
+    events: list[Event]
+    run_id: str
+    function_id: str
+    attempt: int
+    step: Any = None
+    logger: Any = None
+
+
+def make_context(invocation: Invocation) -> Context:
+    """The context handed to the function for this invocation."""
+    events = [Event.from_dict(raw) for raw in invocation.state.events]
+    context = Context(
+        event=events[0] if events else Event(name=""),
+        events=events,
+        run_id=invocation.state.run_id,
+        function_id=invocation.function.id,
+        attempt=invocation.state.run_failures,
+    )
+    step_class = AsyncStep if invocation.function.is_async else Step
+    context.step = step_class(invocation, context)
+    context.logger = _logger(invocation)
+    return context

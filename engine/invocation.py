@@ -1,0 +1,222 @@
+"""One invocation of a run: the function called with its memo, committing each new step as it goes.
+
+The invocation is the hot path. When a step body returns, its result is committed (the host's
+``commit`` blocks until the entry is durable) and the same call of the function continues: a run
+is replayed from the start only when a new invocation begins after a suspension or a crash.
+
+Control flow that must get past user code's ``except Exception`` travels as BaseException
+subclasses (``_Suspend``, ``_Abort``); the invocation catches every one of them, so nothing
+escapes into the actor that hosts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+import attrs
+
+from eventstore import NewEntry, format_time
+from engine import records as r
+from engine.clock import Clock
+from engine.errors import NondeterminismError, NonRetriableError, StepError
+from engine.functions import FunctionDef
+from engine.jsonvalues import NotJSONError, encode, size_of
+from engine.limits import Limits
+from engine.records import ErrorInfo, error_info
+from engine.state import RunState, StepRecord
+
+Commit = Callable[[Sequence[NewEntry]], None]
+
+
+class _Suspend(BaseException):
+    """The run waits for a time; the invocation ends here."""
+
+    def __init__(self, wake_at: datetime) -> None:
+        self.wake_at = wake_at
+
+
+class _HostFailure(BaseException):
+    """Committing failed (the store broke, or another invocation owns the run): stop at once.
+
+    A BaseException so that user code's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _Abort(BaseException):
+    """The run fails now, whatever the function's code does about it."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        self.error = error
+
+
+@attrs.frozen
+class Outcome:
+    """How an invocation ended: ``completed``/``failed`` (final) or ``waiting`` until ``wake_at``."""
+
+    status: str
+    output: Any = None
+    error: ErrorInfo | None = None
+    wake_at: datetime | None = None
+
+
+class Invocation:
+    """Runs a function once against a run's state, committing through ``commit``."""
+
+    def __init__(self, function: FunctionDef, state: RunState, *, commit: Commit, clock: Clock, limits: Limits) -> None:
+        self.function = function
+        self.state = state
+        self.clock = clock
+        self.limits = limits
+        self._commit = commit
+        self._pending_start = not state.started
+        self.memo_hits = 0
+        self.in_step = False
+
+    @property
+    def replaying(self) -> bool:
+        """True while the function is passing through steps already in the log."""
+        return self.memo_hits < len(self.state.memo)
+
+    # -- committing ------------------------------------------------------------------------
+
+    def commit(self, *entries: NewEntry) -> None:
+        """Make entries durable in the run's stream (with run.started first, if it is not yet there)."""
+        batch = list(entries)
+        if self._pending_start:
+            batch.insert(0, NewEntry(r.RUN_STARTED, {"at": format_time(self.clock.now())}))
+        try:
+            self._commit(batch)
+        except Exception as error:
+            raise _HostFailure(error) from error
+        self._pending_start = False
+        for entry in batch:
+            self.state.apply(entry.type, entry.data)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def memoized(self, key: str, kind: str) -> StepRecord | None:
+        """The recorded result of a step, after checking that it is the same kind of step."""
+        record = self.state.memo.get(key)
+        if record is None:
+            return None
+        if record.kind != kind:
+            raise _Abort(error_info(NondeterminismError(key, record.kind, kind), with_stack=False))
+        self.memo_hits += 1
+        return record
+
+    def check_step_limit(self) -> None:
+        if self.in_step:
+            raise _Abort({"name": "NestedStepError", "message": "steps cannot run inside a step body", "stack": None})
+        if len(self.state.memo) >= self.limits.steps_per_run:
+            message = f"the run exceeded its step limit of {self.limits.steps_per_run} steps"
+            raise _Abort({"name": "StepLimitError", "message": message, "stack": None})
+
+    def step_attempt(self, key: str) -> int:
+        return self.state.step_failures.get(key, 0)
+
+    def record_output(self, key: str, step_id: str, kind: str, output: Any, started: datetime) -> Any:
+        """Commit a step's result; return it as the function will see it on any later replay."""
+        try:
+            text = self._encode_output(output, f"the output of step {key!r}")
+        except NotJSONError as error:
+            self.record_failure(key, step_id, kind, NonRetriableError(str(error)), started)
+        base = self._step_base(key, step_id, kind, started)
+        self.commit(NewEntry(r.STEP_COMPLETED, {**base, "n": len(self.state.memo) + 1, "output": output}))
+        return _json_copy(text)
+
+    def record_failure(
+        self, key: str, step_id: str, kind: str, error: BaseException, started: datetime
+    ) -> NoReturn:
+        """Commit a failed attempt; suspend for the retry, or raise StepError into the function."""
+        info = error_info(error)
+        failures = self.step_attempt(key) + 1
+        retry_at = self._retry_at(error, failures, key)
+        base = {**self._step_base(key, step_id, kind, started), "error": info}
+        if retry_at is not None:
+            self.commit(NewEntry(r.STEP_ERRORED, {**base, "retry_at": format_time(retry_at)}))
+            raise _Suspend(retry_at)
+        self.commit(NewEntry(r.STEP_FAILED, {**base, "n": len(self.state.memo) + 1}))
+        raise StepError(key, info["name"], info["message"], info["stack"]) from error
+
+    def _step_base(self, key: str, step_id: str, kind: str, started: datetime) -> dict[str, Any]:
+        return {
+            "step": key, "id": step_id, "kind": kind, "attempt": self.step_attempt(key),
+            "started_at": format_time(started), "ended_at": format_time(self.clock.now()),
+        }
+
+    def _retry_at(self, error: BaseException, failures: int, scope: str) -> datetime | None:
+        rng = random.Random(f"{self.state.run_id}:{scope}:{failures}")
+        return self.function.retry.retry_at(error, failures, self.clock.now(), rng)
+
+    def _encode_output(self, value: Any, what: str) -> str:
+        text = encode(value, what=what)
+        if size_of(text) > self.limits.step_output_bytes:
+            raise NotJSONError(f"{what} is {size_of(text)} bytes; the limit is {self.limits.step_output_bytes} bytes")
+        return text
+
+    # -- the whole invocation ----------------------------------------------------------------
+
+    def run(self, context: Any) -> Outcome:
+        """Call the function and commit how it ended.
+
+        Raises only when committing fails (the error of the store or of the stale write),
+        never for anything user code does.
+        """
+        try:
+            return self._run(context)
+        except _HostFailure as failure:
+            raise failure.error from None
+
+    def _run(self, context: Any) -> Outcome:
+        if self.state.finished:
+            return Outcome(self.state.status, self.state.output, self.state.error)
+        try:
+            output = self._call(context)
+        except _HostFailure:
+            raise
+        except _Suspend as suspend:
+            return Outcome("waiting", wake_at=suspend.wake_at)
+        except _Abort as abort:
+            return self._fail(abort.error)
+        except (StepError, NonRetriableError) as error:
+            return self._fail(error_info(error))
+        except Exception as error:
+            return self._function_errored(error)
+        return self._complete(output)
+
+    def _call(self, context: Any) -> Any:
+        if self.function.is_async:
+            return asyncio.run(self.function.handler(context))
+        return self.function.handler(context)
+
+    def _complete(self, output: Any) -> Outcome:
+        try:
+            text = self._encode_output(output, f"the output of function {self.function.id!r}")
+        except NotJSONError as error:
+            return self._fail({"name": "OutputError", "message": str(error), "stack": None})
+        self.commit(NewEntry(r.RUN_COMPLETED, {"output": output, "at": format_time(self.clock.now())}))
+        return Outcome("completed", output=_json_copy(text))
+
+    def _fail(self, error: ErrorInfo) -> Outcome:
+        self.commit(NewEntry(r.RUN_FAILED, {"error": error, "at": format_time(self.clock.now())}))
+        return Outcome("failed", error=error)
+
+    def _function_errored(self, error: Exception) -> Outcome:
+        retry_at = self._retry_at(error, self.state.run_failures + 1, "run")
+        if retry_at is None:
+            return self._fail(error_info(error))
+        data = {"attempt": self.state.run_failures, "error": error_info(error), "retry_at": format_time(retry_at)}
+        self.commit(NewEntry(r.RUN_ERRORED, data))
+        return Outcome("waiting", wake_at=retry_at)
+
+
+def _json_copy(text: str) -> Any:
+    return json.loads(text)

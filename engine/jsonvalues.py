@@ -1,0 +1,23 @@
+"""JSON encoding of everything the engine records: strict, compact, never pickle."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class NotJSONError(TypeError):
+    """A value cannot be recorded because it is not JSON."""
+
+
+def encode(value: Any, *, what: str) -> str:
+    """Compact JSON text of ``value``, or NotJSONError naming ``what`` and the offending type."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise NotJSONError(f"{what} is not JSON: {error}") from None
+
+
+def size_of(text: str) -> int:
+    """Size in bytes of JSON text as UTF-8."""
+    return len(text.encode("utf-8")) if not text.isascii() else len(text)

@@ -1,0 +1,130 @@
+"""The engine's projections: current state derived from the log, kept in the same transaction.
+
+| table  | key         | what it holds                                                        |
+|--------|-------------|----------------------------------------------------------------------|
+| runs   | run_id      | every run: function, status, first event, times, step count, output/error |
+| events | internal_id | every received event (duplicates too): name, user id, ts, data      |
+| queue  | run_id      | runs scheduled and not yet started, in order, with when they are ready |
+| timers | run_id      | runs waiting for a time (retry backoff), with when they are due      |
+
+JSON values (output, error, data) are stored as JSON text so that sqlite-utils and Datasette
+show them as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from eventstore import Change, Delete, Entry, Table, Upsert
+from engine import records as r
+
+RUNS = Table(
+    "runs",
+    key=("run_id",),
+    columns={
+        "run_id": str, "function_id": str, "status": str, "event_id": str, "scheduled_at": str,
+        "started_at": str, "ended_at": str, "updated_at": str, "steps": int, "output": str, "error": str,
+    },
+    indexes=(("function_id", "status"), ("status",), ("event_id",), ("scheduled_at",)),
+)
+EVENTS = Table(
+    "events",
+    key=("internal_id",),
+    columns={
+        "internal_id": str, "id": str, "name": str, "ts": int, "received_at": str,
+        "position": int, "duplicate": int, "data": str,
+    },
+    indexes=(("name", "received_at"), ("received_at",), ("id",)),
+)
+QUEUE = Table(
+    "queue",
+    key=("run_id",),
+    columns={"run_id": str, "function_id": str, "ready_at": str, "position": int},
+    indexes=(("function_id", "position"),),
+)
+TIMERS = Table(
+    "timers",
+    key=("run_id",),
+    columns={"run_id": str, "due_at": str, "reason": str},
+    indexes=(("due_at",),),
+)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class RunProjector:
+    """Maps each engine entry to row changes in runs, events, queue and timers."""
+
+    tables = (RUNS, EVENTS, QUEUE, TIMERS)
+
+    def project(self, entry: Entry) -> Iterable[Change]:
+        handler = _HANDLERS.get(entry.type)
+        return () if handler is None else handler(entry, r.stream_id(entry.stream))
+
+
+def _event(entry: Entry, duplicate: bool) -> list[Change]:
+    event = entry.data["event"]
+    row = {
+        "internal_id": entry.data["internal_id"], "id": event["id"], "name": event["name"], "ts": event["ts"],
+        "received_at": entry.recorded_at, "position": entry.position, "duplicate": int(duplicate),
+        "data": _json(event.get("data", {})),
+    }
+    return [Upsert("events", row)]
+
+
+def _scheduled(entry: Entry, run_id: str) -> list[Change]:
+    data = entry.data
+    event_ids = data.get("event_ids") or [None]
+    run = {
+        "run_id": run_id, "function_id": data["function_id"], "status": "queued", "event_id": event_ids[0],
+        "scheduled_at": entry.recorded_at, "updated_at": entry.recorded_at, "steps": 0,
+    }
+    queued = {"run_id": run_id, "function_id": data["function_id"], "ready_at": data["ready_at"],
+              "position": entry.position}
+    return [Upsert("runs", run), Upsert("queue", queued)]
+
+
+def _started(entry: Entry, run_id: str) -> list[Change]:
+    run = {"run_id": run_id, "status": "running", "started_at": entry.data["at"], "updated_at": entry.recorded_at}
+    return [Upsert("runs", run), Delete("queue", {"run_id": run_id})]
+
+
+def _step_done(entry: Entry, run_id: str) -> list[Change]:
+    run = {"run_id": run_id, "status": "running", "steps": entry.data["n"], "updated_at": entry.recorded_at}
+    return [Upsert("runs", run), Delete("timers", {"run_id": run_id})]
+
+
+def _errored(entry: Entry, run_id: str) -> list[Change]:
+    reason = f"retry step {entry.data['step']}" if "step" in entry.data else "retry run"
+    run = {"run_id": run_id, "status": "waiting", "updated_at": entry.recorded_at}
+    timer = {"run_id": run_id, "due_at": entry.data["retry_at"], "reason": reason}
+    return [Upsert("runs", run), Upsert("timers", timer)]
+
+
+def _ended(status: str, column: str) -> Any:
+    def project(entry: Entry, run_id: str) -> list[Change]:
+        run = {
+            "run_id": run_id, "status": status, "ended_at": entry.data["at"], "updated_at": entry.recorded_at,
+            column: _json(entry.data.get(column)),
+        }
+        return [Upsert("runs", run), Delete("timers", {"run_id": run_id}), Delete("queue", {"run_id": run_id})]
+
+    return project
+
+
+_HANDLERS: dict[str, Any] = {
+    r.EVENT_RECEIVED: lambda entry, _id: _event(entry, False),
+    r.EVENT_DUPLICATE: lambda entry, _id: _event(entry, True),
+    r.RUN_SCHEDULED: _scheduled,
+    r.RUN_STARTED: _started,
+    r.STEP_COMPLETED: _step_done,
+    r.STEP_FAILED: _step_done,
+    r.STEP_ERRORED: _errored,
+    r.RUN_ERRORED: _errored,
+    r.RUN_COMPLETED: _ended("completed", "output"),
+    r.RUN_FAILED: _ended("failed", "error"),
+}

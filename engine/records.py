@@ -1,0 +1,63 @@
+"""The entries the engine writes to the log, by type, and how their streams are named.
+
+A run is the stream ``run/<run_id>``; an event is the stream ``event/<internal id>``.
+
+| type            | data                                                                  |
+|-----------------|-----------------------------------------------------------------------|
+| event.received  | internal_id, event, trigger_errors [{function_id, error}]             |
+| event.duplicate | internal_id, event (its id was seen within the deduplication window)  |
+| run.scheduled   | run_id, function_id, event_ids, events, ready_at                      |
+| run.started     | at                                                                    |
+| step.completed  | step, id, kind, n, attempt, output, started_at, ended_at              |
+| step.errored    | step, id, kind, attempt, error, retry_at, started_at, ended_at        |
+| step.failed     | step, id, kind, n, attempt, error, started_at, ended_at               |
+| run.errored     | attempt, error, retry_at                                              |
+| run.completed   | output, at                                                            |
+| run.failed      | error, at                                                             |
+
+``step`` is the step key (the user's id, then ``id:1``, ``id:2`` for repeats); ``n`` counts the
+run's finished steps; errors are ``{name, message, stack}``; times are ISO 8601 UTC.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+EVENT_RECEIVED = "event.received"
+EVENT_DUPLICATE = "event.duplicate"
+RUN_SCHEDULED = "run.scheduled"
+RUN_STARTED = "run.started"
+STEP_COMPLETED = "step.completed"
+STEP_ERRORED = "step.errored"
+STEP_FAILED = "step.failed"
+RUN_ERRORED = "run.errored"
+RUN_COMPLETED = "run.completed"
+RUN_FAILED = "run.failed"
+
+RUN_TYPES = (
+    RUN_SCHEDULED, RUN_STARTED, STEP_COMPLETED, STEP_ERRORED, STEP_FAILED, RUN_ERRORED, RUN_COMPLETED, RUN_FAILED
+)
+ErrorInfo = dict[str, Any]
+
+
+def run_stream(run_id: str) -> str:
+    return f"run/{run_id}"
+
+
+def event_stream(internal_id: str) -> str:
+    return f"event/{internal_id}"
+
+
+def stream_id(stream: str) -> str:
+    """The id part of a stream name: ``run/abc`` -> ``abc``."""
+    return stream.partition("/")[2]
+
+
+def error_info(error: BaseException, *, with_stack: bool = True) -> ErrorInfo:
+    """An exception as recorded: its class name, message and formatted stack."""
+    message = getattr(error, "message", None)
+    if not isinstance(message, str) or not message:
+        message = str(error)
+    stack = "".join(traceback.format_exception(error)) if with_stack else None
+    return {"name": type(error).__name__, "message": message, "stack": stack}

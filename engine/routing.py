@@ -1,0 +1,93 @@
+"""Routing: which functions an event starts, as the appends that record the event and its runs.
+
+One event starts a function at most once, however many of its triggers match. An event whose
+``id`` was seen in the last 24 hours is recorded as a duplicate and starts nothing. A trigger
+expression that fails on an event is recorded on that event and does not start the function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+
+from eventstore import Append, NewEntry, StreamWrite, format_time
+from engine import records as r
+from engine.events import ReceivedEvent
+from engine.expressions import ExpressionError
+from engine.functions import FunctionDef
+from engine.ids import new_ulid
+
+DEDUP_WINDOW = timedelta(hours=24)
+
+
+@attrs.frozen
+class ScheduledRun:
+    """A run that an event will start once its append is committed."""
+
+    run_id: str
+    function_id: str
+    entry: NewEntry
+
+
+@attrs.frozen
+class Routed:
+    """An event's append, and the runs it schedules unless it turns out to be a duplicate."""
+
+    received: ReceivedEvent
+    append: Append
+    runs: tuple[ScheduledRun, ...]
+
+
+def route(received: ReceivedEvent, functions: Sequence[FunctionDef], now: datetime) -> Routed:
+    """The append for one event: the event itself and a run.scheduled for each function it starts."""
+    event = received.event.to_dict()
+    matched, errors = _match(event, functions)
+    runs = tuple(_schedule(fn, received, event, now) for fn in matched)
+    record = {"internal_id": received.internal_id, "event": event, "trigger_errors": errors}
+    stream = r.event_stream(received.internal_id)
+    writes = (StreamWrite(stream, (NewEntry(r.EVENT_RECEIVED, record),), expected_version=0),) + tuple(
+        StreamWrite(r.run_stream(run.run_id), (run.entry,), expected_version=0) for run in runs
+    )
+    if received.dedup_id is None:
+        return Routed(received, Append(writes), runs)
+    duplicate = NewEntry(r.EVENT_DUPLICATE, {"internal_id": received.internal_id, "event": event})
+    append = Append(
+        writes,
+        key=f"event:{received.dedup_id}",
+        key_window_s=DEDUP_WINDOW.total_seconds(),
+        on_duplicate=(StreamWrite(stream, (duplicate,), expected_version=0),),
+    )
+    return Routed(received, append, runs)
+
+
+def _match(event: dict[str, Any], functions: Sequence[FunctionDef]) -> tuple[list[FunctionDef], list[dict[str, Any]]]:
+    matched, errors = [], []
+    for function in functions:
+        failures = []
+        for trigger in function.triggers:
+            if not trigger.matches_name(event["name"]):
+                continue
+            try:
+                if trigger.condition_holds(event):
+                    matched.append(function)
+                    break
+            except ExpressionError as error:
+                failures.append({"function_id": function.id, "error": str(error)})
+        else:
+            errors.extend(failures)
+    return matched, errors
+
+
+def _schedule(function: FunctionDef, received: ReceivedEvent, event: dict[str, Any], now: datetime) -> ScheduledRun:
+    run_id = new_ulid(now)
+    data = {
+        "run_id": run_id,
+        "function_id": function.id,
+        "event_ids": [received.internal_id],
+        "events": [event],
+        "ready_at": format_time(now),
+    }
+    return ScheduledRun(run_id, function.id, NewEntry(r.RUN_SCHEDULED, data))

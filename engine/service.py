@@ -1,0 +1,198 @@
+"""The engine: accepting events, invoking runs, recovering, all synchronous and in the caller's thread.
+
+The actor runtime drives one of these from its actors, with commits routed through its single
+writer; used directly (``run_until_idle``, ``advance``), it is a complete engine without threads,
+which is what the property tests drive.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+
+from eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite, format_time, parse_time
+from engine import records as r
+from engine.clock import Clock, ManualClock, SystemClock
+from engine.context import make_context
+from engine.events import Event, prepare_events
+from engine.errors import FunctionNotFoundError, RunNotFoundError
+from engine.functions import FunctionDef, FunctionRegistry
+from engine.invocation import Invocation, Outcome
+from engine.limits import Limits
+from engine.routing import ScheduledRun, route
+from engine.state import RunState, fold
+
+Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
+EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]
+
+
+class StaleRunError(Exception):
+    """Another invocation wrote to the run first; this one must stop without writing."""
+
+
+@attrs.frozen
+class Accepted:
+    """A committed send: the ids of its events, and the runs it scheduled."""
+
+    ids: list[str]
+    runs: list[ScheduledRun]
+    duplicates: list[str]
+
+
+@attrs.frozen
+class Recovery:
+    """Work found in the projections at start: runs to start now, and timers to arm."""
+
+    ready: list[tuple[str, str]]
+    """(run_id, function_id) of runs to start now, oldest first."""
+    timers: list[tuple[datetime, str, str]]
+    """(due, run_id, function_id) of runs waiting for a time."""
+
+
+class Engine:
+    """Accepts events and invokes runs against an event store, with an injected clock."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        registry: FunctionRegistry | None = None,
+        clock: Clock | None = None,
+        limits: Limits | None = None,
+        committer: Committer | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry or FunctionRegistry()
+        self.clock: Clock = clock or SystemClock()
+        self.limits = limits or Limits()
+        self.committer: Committer = committer or self._commit_directly
+        self._ready: deque[str] = deque()
+        self._timers: list[tuple[datetime, str]] = []
+
+    def _commit_directly(self, appends: Sequence[Append]) -> list[Committed | ConcurrencyError]:
+        return self.store.commit(appends, now=self.clock.now())
+
+    # -- events ----------------------------------------------------------------------------
+
+    def accept(self, events: EventInput) -> Accepted:
+        """Check, route and commit events; nothing is accepted if any event is bad."""
+        now = self.clock.now()
+        received = prepare_events(events, now=now, limits=self.limits)
+        routed = [route(item, self.registry.all(), now) for item in received]
+        results = self.committer([item.append for item in routed])
+        runs: list[ScheduledRun] = []
+        duplicates: list[str] = []
+        for item, result in zip(routed, results):
+            if isinstance(result, ConcurrencyError):
+                raise result
+            if result.duplicate_of is None:
+                runs.extend(item.runs)
+            else:
+                duplicates.append(item.received.internal_id)
+        return Accepted([item.received.internal_id for item in routed], runs, duplicates)
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def load(self, run_id: str) -> RunState:
+        """A run's state folded from its stream."""
+        entries = self.store.read_stream(r.run_stream(run_id))
+        if not entries:
+            raise RunNotFoundError(f"no run {run_id!r} in the log")
+        return fold(run_id, entries)
+
+    def invoke(self, run_id: str, state: RunState | None = None) -> Outcome:
+        """Run one invocation of a run, from its state in the log (or the given fresh state)."""
+        state = state if state is not None else self.load(run_id)
+        function = self.registry.get(state.function_id)
+        if function is None:
+            raise FunctionNotFoundError(f"run {run_id} belongs to function {state.function_id!r}, which is not registered")
+        invocation = Invocation(function, state, commit=self._run_committer(state), clock=self.clock, limits=self.limits)
+        return invocation.run(make_context(invocation))
+
+    def _run_committer(self, state: RunState) -> Callable[[Sequence[NewEntry]], None]:
+        stream = r.run_stream(state.run_id)
+
+        def commit(entries: Sequence[NewEntry]) -> None:
+            write = StreamWrite(stream, tuple(entries), expected_version=state.version)
+            [result] = self.committer([Append((write,))])
+            if isinstance(result, ConcurrencyError):
+                raise StaleRunError(str(result))
+
+        return commit
+
+    def fail_run(self, run_id: str, error: BaseException) -> None:
+        """Record that a run failed for a reason outside its code (the engine could not run it)."""
+        state = self.load(run_id)
+        if state.finished:
+            return
+        info = {"name": type(error).__name__, "message": f"the engine could not run this run: {error}", "stack": None}
+        entry = NewEntry(r.RUN_FAILED, {"error": info, "at": format_time(self.clock.now())})
+        self._run_committer(state)([entry])
+
+    def recover(self) -> Recovery:
+        """Runs to start (queued, or interrupted mid-invocation) and timers to arm, from the projections."""
+        timers = [
+            (parse_time(row["due_at"]), row["run_id"], self._function_of(row["run_id"]))
+            for row in self.store.query("timers")
+        ]
+        waiting = {run_id for _, run_id, _ in timers}
+        running = self.store.query("runs", where={"status": "running"}, order_by="scheduled_at")
+        queued = self.store.query("queue", order_by="position")
+        ready = [(row["run_id"], row["function_id"]) for row in running + queued if row["run_id"] not in waiting]
+        return Recovery(ready, sorted(timers))
+
+    def _function_of(self, run_id: str) -> str:
+        rows = self.store.query("runs", where={"run_id": run_id})
+        return str(rows[0]["function_id"]) if rows else ""
+
+    # -- the synchronous driver -------------------------------------------------------------
+
+    def send(self, events: EventInput) -> list[str]:
+        """Accept events and queue the runs they start; ``run_until_idle`` runs them."""
+        accepted = self.accept(events)
+        self._ready.extend(run.run_id for run in accepted.runs)
+        return accepted.ids
+
+    def start(self) -> None:
+        """Pick up the work left in the log by an earlier process."""
+        recovery = self.recover()
+        self._ready.extend(run_id for run_id, _ in recovery.ready)
+        for due, run_id, _ in recovery.timers:
+            heapq.heappush(self._timers, (due, run_id))
+
+    def run_until_idle(self) -> int:
+        """Invoke every run that can run now, firing due timers; return how many invocations ran."""
+        count = 0
+        while True:
+            self._fire_due_timers()
+            if not self._ready:
+                return count
+            run_id = self._ready.popleft()
+            outcome = self.invoke(run_id)
+            count += 1
+            if outcome.wake_at is not None:
+                heapq.heappush(self._timers, (outcome.wake_at, run_id))
+
+    def advance(self, delta: timedelta | float) -> int:
+        """Move a manual clock forward and run what became due."""
+        if not isinstance(self.clock, ManualClock):
+            raise TypeError("advance() needs an engine built with a ManualClock")
+        self.clock.advance(delta)
+        return self.run_until_idle()
+
+    def next_timer(self) -> datetime | None:
+        """When the next timer is due, if any."""
+        return self._timers[0][0] if self._timers else None
+
+    def _fire_due_timers(self) -> None:
+        now = self.clock.now()
+        while self._timers and self._timers[0][0] <= now:
+            _, run_id = heapq.heappop(self._timers)
+            self._ready.append(run_id)
+
+

@@ -1,0 +1,108 @@
+"""A run's state, folded from its log entries; the live executor keeps it current the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from eventstore import Entry
+from engine import records as r
+from engine.records import ErrorInfo
+
+
+@attrs.frozen
+class StepRecord:
+    """A finished step as memoized: its kind and its output or its final error."""
+
+    kind: str
+    output: Any = None
+    error: ErrorInfo | None = None
+
+
+@attrs.define
+class RunState:
+    """Everything an invocation needs to continue a run."""
+
+    run_id: str
+    function_id: str = ""
+    events: list[dict[str, Any]] = attrs.Factory(list)
+    status: str = "queued"
+    started: bool = False
+    memo: dict[str, StepRecord] = attrs.Factory(dict)
+    step_failures: dict[str, int] = attrs.Factory(dict)
+    run_failures: int = 0
+    version: int = 0
+    output: Any = None
+    error: ErrorInfo | None = None
+    wake_at: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled")
+
+    def apply(self, entry_type: str, data: dict[str, Any]) -> None:
+        """Fold one entry into the state."""
+        self.version += 1
+        handler = _HANDLERS.get(entry_type)
+        if handler is not None:
+            handler(self, data)
+
+
+def fold(run_id: str, entries: Iterable[Entry]) -> RunState:
+    """The state of a run after all its entries."""
+    state = RunState(run_id)
+    for entry in entries:
+        state.apply(entry.type, entry.data)
+    return state
+
+
+def _scheduled(state: RunState, data: dict[str, Any]) -> None:
+    state.function_id = data["function_id"]
+    state.events = data["events"]
+
+
+def _started(state: RunState, data: dict[str, Any]) -> None:
+    state.started = True
+    state.status = "running"
+
+
+def _step_completed(state: RunState, data: dict[str, Any]) -> None:
+    state.memo[data["step"]] = StepRecord(data["kind"], output=data.get("output"))
+    state.status, state.wake_at = "running", None
+
+
+def _step_errored(state: RunState, data: dict[str, Any]) -> None:
+    state.step_failures[data["step"]] = state.step_failures.get(data["step"], 0) + 1
+    state.status, state.wake_at = "waiting", data["retry_at"]
+
+
+def _step_failed(state: RunState, data: dict[str, Any]) -> None:
+    state.memo[data["step"]] = StepRecord(data["kind"], error=data["error"])
+    state.status, state.wake_at = "running", None
+
+
+def _run_errored(state: RunState, data: dict[str, Any]) -> None:
+    state.run_failures += 1
+    state.status, state.wake_at = "waiting", data["retry_at"]
+
+
+def _completed(state: RunState, data: dict[str, Any]) -> None:
+    state.status, state.output, state.wake_at = "completed", data.get("output"), None
+
+
+def _failed(state: RunState, data: dict[str, Any]) -> None:
+    state.status, state.error, state.wake_at = "failed", data["error"], None
+
+
+_HANDLERS = {
+    r.RUN_SCHEDULED: _scheduled,
+    r.RUN_STARTED: _started,
+    r.STEP_COMPLETED: _step_completed,
+    r.STEP_ERRORED: _step_errored,
+    r.STEP_FAILED: _step_failed,
+    r.RUN_ERRORED: _run_errored,
+    r.RUN_COMPLETED: _completed,
+    r.RUN_FAILED: _failed,
+}

@@ -1,0 +1,36 @@
+"""eventstore: an append-only log of entries in streams, with projections derived from it.
+
+Backends share one contract: ``MemoryEventStore`` and ``SqliteEventStore``. The package knows
+nothing of the engine or the actors above it.
+"""
+
+from eventstore.base import EventStore, format_time, parse_time
+from eventstore.errors import ConcurrencyError, EventStoreError, StorageError, StoreClosedError
+from eventstore.memory import MemoryEventStore
+from eventstore.projections import Change, Delete, Difference, Projector, Row, Table, Upsert
+from eventstore.records import Append, Committed, Entry, NewEntry, StreamWrite
+from eventstore.sqlite import SqliteEventStore
+
+__all__ = [
+    "Append",
+    "Change",
+    "Committed",
+    "ConcurrencyError",
+    "Delete",
+    "Difference",
+    "Entry",
+    "EventStore",
+    "EventStoreError",
+    "MemoryEventStore",
+    "NewEntry",
+    "Projector",
+    "Row",
+    "SqliteEventStore",
+    "StorageError",
+    "StoreClosedError",
+    "StreamWrite",
+    "Table",
+    "Upsert",
+    "format_time",
+    "parse_time",
+]

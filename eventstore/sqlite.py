@@ -1,0 +1,299 @@
+"""The event store on a SQLite file, through sqlite-utils.
+
+Durability: WAL journal, ``synchronous=FULL`` by default (every commit is fsynced; group commit
+makes that cheap), ``BEGIN IMMEDIATE`` for every write transaction, a ``busy_timeout`` so that
+readers and a second process wait instead of failing. A failed write (I/O error, disk full)
+rolls back and breaks the store: later writes raise ``StorageError`` instead of retrying in
+place, because after a failed fsync the state of the file is unknown.
+
+Every sqlite3 error is translated to ``StorageError`` here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlite_utils
+
+from eventstore.base import EventStore, KeyRecord, Plan, Range
+from eventstore.errors import StorageError
+from eventstore.projections import Change, Delete, Projector, Row, Table, Upsert
+from eventstore.records import Entry
+
+Synchronous = Literal["FULL", "NORMAL", "OFF", "EXTRA"]
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+_SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
+
+
+class SqliteEventStore(EventStore):
+    """The log and its projections in one SQLite file."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        projector: Projector | None = None,
+        *,
+        synchronous: Synchronous = "FULL",
+    ) -> None:
+        super().__init__(projector)
+        self.path = str(path)
+        self.synchronous = synchronous
+        self._broken: StorageError | None = None
+        self._write_lock = threading.Lock()
+        self._readers = threading.local()
+        self._all_connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._writer = self._connect()
+        self._create_schema()
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.Error as error:
+            raise StorageError(f"cannot open {self.path}: {error}") from error
+        with self._connections_lock:
+            self._all_connections.append(conn)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        self._check_open()
+        if self.path == ":memory:":
+            return self._writer
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._readers.conn = conn
+        return conn
+
+    def close(self) -> None:
+        super().close()
+        with self._connections_lock:
+            for conn in self._all_connections:
+                conn.close()
+            self._all_connections.clear()
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        db = sqlite_utils.Database(self._writer)
+        with self._translated("create the schema"):
+            db["log"].create(
+                {"position": int, "stream": str, "version": int, "type": str, "data": str, "recorded_at": str},
+                pk="position",
+                not_null={"stream", "version", "type", "data", "recorded_at"},
+                if_not_exists=True,
+            )
+            db["log"].create_index(["stream", "version"], unique=True, if_not_exists=True)
+            db["log"].create_index(["type", "position"], if_not_exists=True)
+            db["idempotency_keys"].create(
+                {"key": str, "position": int, "recorded_ts": float}, pk="key", if_not_exists=True
+            )
+            for table in self.projector.tables:
+                self._create_table(db, table)
+            self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _create_table(self, db: sqlite_utils.Database, table: Table) -> None:
+        db[table.name].create(dict(table.columns), pk=table.key, if_not_exists=True)
+        for columns in table.indexes:
+            db[table.name].create_index(list(columns), if_not_exists=True)
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise StorageError(f"SQLite failed to {action} in {self.path}: {error}") from error
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        if self._broken is not None:
+            raise StorageError(f"the store is broken by an earlier failure: {self._broken}")
+        with self._write_lock:
+            conn = self._writer
+            with self._translated("begin a transaction"):
+                conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except sqlite3.Error as error:
+                self._rollback()
+                self._broken = StorageError(f"SQLite failed to commit to {self.path}: {error}")
+                raise self._broken from error
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            self._writer.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    # -- primitives used while planning a commit -------------------------------------------
+
+    def _stream_version(self, stream: str) -> int:
+        row = self._writer.execute("SELECT max(version) FROM log WHERE stream = ?", (stream,)).fetchone()
+        return int(row[0] or 0)
+
+    def _last_position(self) -> int:
+        row = self._writer.execute("SELECT max(position) FROM log").fetchone()
+        return int(row[0] or 0)
+
+    def _key_record(self, key: str) -> KeyRecord | None:
+        row = self._writer.execute(
+            "SELECT key, position, recorded_ts FROM idempotency_keys WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else KeyRecord(row[0], row[1], row[2])
+
+    def _write(self, plan: Plan) -> None:
+        conn = self._writer
+        conn.executemany(
+            "INSERT INTO log (position, stream, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.position, e.stream, e.version, e.type, _dump(e.data), e.recorded_at) for e in plan.entries],
+        )
+        for change in plan.changes:
+            self._apply(conn, change)
+        conn.executemany(
+            "INSERT INTO idempotency_keys (key, position, recorded_ts) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET position = excluded.position, recorded_ts = excluded.recorded_ts",
+            [(k.key, k.position, k.recorded_ts) for k in plan.keys],
+        )
+
+    def _apply(self, conn: sqlite3.Connection, change: Change) -> None:
+        table = self.table(change.table)
+        if isinstance(change, Upsert):
+            conn.execute(*_upsert_sql(table, change.row))
+        elif isinstance(change, Delete):
+            where = " AND ".join(f"[{c}] = ?" for c in table.key)
+            conn.execute(f"DELETE FROM [{table.name}] WHERE {where}", [change.key[c] for c in table.key])
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_stream(self, stream: str, *, after: int = 0) -> list[Entry]:
+        with self._translated("read a stream"):
+            rows = self._reader().execute(
+                "SELECT position, stream, version, type, data, recorded_at FROM log"
+                " WHERE stream = ? AND version > ? ORDER BY version",
+                (stream, after),
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def read_all(self, *, after: int = 0, limit: int | None = None, types: Sequence[str] = ()) -> list[Entry]:
+        sql = "SELECT position, stream, version, type, data, recorded_at FROM log WHERE position > ?"
+        params: list[Any] = [after]
+        if types:
+            sql += f" AND type IN ({', '.join('?' for _ in types)})"
+            params.extend(types)
+        sql += " ORDER BY position"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._translated("read the log"):
+            rows = self._reader().execute(sql, params).fetchall()
+        return [_entry(row) for row in rows]
+
+    def query(
+        self,
+        table: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ranges: Mapping[str, Range] | None = None,
+        order_by: str | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> list[Row]:
+        spec = self.table(table)
+        clauses, params = _where(spec, where or {}, ranges or {})
+        sql = f"SELECT * FROM [{spec.name}]"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        if order_by is not None:
+            _check_column(spec, order_by)
+            sql += f" ORDER BY [{order_by}] IS NOT NULL {'DESC' if desc else ''}, [{order_by}] {'DESC' if desc else ''}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._translated(f"query {spec.name}"):
+            cursor = self._reader().execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    # -- rebuilding --------------------------------------------------------------------------
+
+    def _iter_all(self) -> Iterator[Entry]:
+        cursor = self._writer.execute(
+            "SELECT position, stream, version, type, data, recorded_at FROM log ORDER BY position"
+        )
+        for row in cursor:
+            yield _entry(row)
+
+    def _all_rows(self, table: Table) -> list[Row]:
+        cursor = self._writer.execute(f"SELECT * FROM [{table.name}]")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def _replace_tables(self, tables: dict[str, dict[tuple[Any, ...], Row]]) -> None:
+        for name, rows in tables.items():
+            self._writer.execute(f"DELETE FROM [{name}]")
+            for row in rows.values():
+                self._writer.execute(*_upsert_sql(self.table(name), row))
+
+
+def _dump(data: object) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    return Entry(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+
+
+def _check_column(table: Table, column: str) -> None:
+    if column not in table.columns:
+        raise KeyError(f"table {table.name!r} has no column {column!r}; columns: {sorted(table.columns)}")
+
+
+def _upsert_sql(table: Table, row: Row) -> tuple[str, list[Any]]:
+    columns = list(row)
+    for column in columns:
+        _check_column(table, column)
+    updates = [c for c in columns if c not in table.key]
+    sql = (
+        f"INSERT INTO [{table.name}] ({', '.join(f'[{c}]' for c in columns)})"
+        f" VALUES ({', '.join('?' for _ in columns)})"
+        f" ON CONFLICT ({', '.join(f'[{c}]' for c in table.key)}) DO "
+    )
+    sql += "UPDATE SET " + ", ".join(f"[{c}] = excluded.[{c}]" for c in updates) if updates else "NOTHING"
+    return sql, [row[c] for c in columns]
+
+
+def _where(table: Table, where: Mapping[str, Any], ranges: Mapping[str, Range]) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in where.items():
+        _check_column(table, column)
+        clauses.append(f"[{column}] IS ?" if value is None else f"[{column}] = ?")
+        params.append(value)
+    for column, (low, high) in ranges.items():
+        _check_column(table, column)
+        clauses.append(f"[{column}] IS NOT NULL")
+        if low is not None:
+            clauses.append(f"[{column}] >= ?")
+            params.append(low)
+        if high is not None:
+            clauses.append(f"[{column}] <= ?")
+            params.append(high)
+    return clauses, params

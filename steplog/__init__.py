@@ -1,0 +1,65 @@
+"""steplog: durable functions for Python, embedded in your process.
+
+The one import a user needs::
+
+    import steplog
+
+    client = steplog.Steplog(app_id="shop", db="steplog.db")
+
+    @client.create_function(fn_id="greet", trigger=steplog.TriggerEvent(event="app/user.created"))
+    def greet(ctx: steplog.Context) -> str:
+        name = ctx.step.run("load", lambda: ctx.event.data["name"])
+        return ctx.step.run("greet", lambda: f"hello {name}")
+
+This package only gathers the public names of ``engine`` (the pure core), ``actors`` (the
+threads) and ``eventstore`` (the log).
+"""
+
+from actors import EngineStoppedError, RunHandle, Steplog
+from engine import (
+    Context,
+    DefinitionError,
+    EngineError,
+    Event,
+    EventError,
+    ExpressionError,
+    FunctionDef,
+    Limits,
+    ManualClock,
+    NondeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    RetryPolicy,
+    RunFailedError,
+    RunNotFoundError,
+    StepError,
+    SystemClock,
+    TriggerEvent,
+)
+from eventstore import MemoryEventStore, SqliteEventStore
+
+__all__ = [
+    "Context",
+    "DefinitionError",
+    "EngineError",
+    "EngineStoppedError",
+    "Event",
+    "EventError",
+    "ExpressionError",
+    "FunctionDef",
+    "Limits",
+    "ManualClock",
+    "MemoryEventStore",
+    "NonRetriableError",
+    "NondeterminismError",
+    "RetryAfterError",
+    "RetryPolicy",
+    "RunFailedError",
+    "RunHandle",
+    "RunNotFoundError",
+    "SqliteEventStore",
+    "StepError",
+    "Steplog",
+    "SystemClock",
+    "TriggerEvent",
+]
