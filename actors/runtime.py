@@ -4,7 +4,7 @@ sends events to. It builds the actors on start and stops them on stop.
     writer      StoreWriter        the only writer; group commit
     router      EventRouter        checks, records and routes sends
     supervisors FunctionSupervisor one per function; starts, limits and restarts run actors
-    runs        RunActor           one per executing run; stops when its run suspends or ends
+    workers     RunWorker          a pool of threads hosting the runs that execute (see actors.run)
     timer       TimerActor         wakes runs whose retry time has come (+ a ticker thread)
 """
 
@@ -39,12 +39,14 @@ from actors.errors import EngineStoppedError
 from actors.handle import RunHandle
 from actors.messages import Arm, StartRun, Tick
 from actors.router import EventRouter, Send
+from actors.run import WorkerPool
 from actors.supervisor import FunctionSupervisor
 from actors.timer import Ticker, TimerActor
 from actors.writer import StoreWriter, commit_through
 
 log = logging.getLogger("steplog")
-DEFAULT_MAX_ACTIVE = 32
+DEFAULT_MAX_ACTIVE = 64
+DEFAULT_MAX_WORKERS = 64
 
 
 class Steplog:
@@ -58,7 +60,8 @@ class Steplog:
         limits: size and count limits (event 256 KiB, step output 4 MiB, 1,000 steps per run).
         max_steps_per_run: shortcut to raise or lower ``limits.steps_per_run``.
         synchronous: SQLite durability; ``"FULL"`` (default) fsyncs every group commit.
-        max_active_runs: runs of one function executing at once (each holds a thread).
+        max_active_runs: runs of one function executing at once.
+        max_workers: threads hosting executing runs, for all functions together.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class Steplog:
         max_steps_per_run: int | None = None,
         synchronous: str = "FULL",
         max_active_runs: int = DEFAULT_MAX_ACTIVE,
+        max_workers: int = DEFAULT_MAX_WORKERS,
     ) -> None:
         self.app_id = app_id
         self._db = db
@@ -81,6 +85,7 @@ class Steplog:
             limits = Limits(limits.event_bytes, limits.events_per_send, limits.step_output_bytes, max_steps_per_run)
         self.limits = limits
         self._max_active = max_active_runs
+        self._max_workers = max_workers
         self.registry = FunctionRegistry()
         self._store: EventStore | None = None
         self._started = False
@@ -138,9 +143,10 @@ class Steplog:
         )
         self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
         timer = TimerActor.start(self.clock, self._activity, self._supervisors)
+        self._pool = WorkerPool(self._engine, self._max_workers)
         for function in self.registry.all():
             self._supervisors[function.id] = FunctionSupervisor.start(
-                function.id, self._engine, timer, self._activity, self._storage_failed, self._max_active
+                function.id, self._engine, timer, self._pool, self._activity, self._storage_failed, self._max_active
             )
         self._router = EventRouter.start(self._engine, self._supervisors, self._activity)
         self._timer = timer
@@ -183,6 +189,7 @@ class Steplog:
         for cleanup in reversed(self._cleanup):
             cleanup()
         self._cleanup.clear()
+        self._pool.stop(timeout)
         for ref in self._actors:
             ref.stop(block=False)
         for ref in self._actors:

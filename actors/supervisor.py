@@ -1,7 +1,7 @@
-"""One supervisor per function: starts run actors, keeps at most ``max_active`` of them
-executing, hands suspended runs to the timer, and restarts a run actor that crashed.
+"""One supervisor per function: starts its runs on the worker pool, keeps at most ``max_active``
+of them executing, hands suspended runs to the timer, and restarts a run that crashed.
 
-A crashed run actor never stops the engine: the supervisor restarts the run from the log, up to
+A crashed run never stops the engine: the supervisor restarts the run from the log, up to
 ``MAX_RESTARTS`` times, and then fails the run with the error, so that it stays visible.
 """
 
@@ -20,7 +20,7 @@ from engine.service import StaleRunError
 from engine.state import RunState
 from actors.activity import Activity
 from actors.messages import Arm, RunCrashed, RunEnded, StartRun
-from actors.run import RunActor
+from actors.run import ExecuteRun, WorkerPool
 
 MAX_RESTARTS = 3
 
@@ -35,6 +35,7 @@ class FunctionSupervisor(pykka.ThreadingActor):
         function_id: str,
         engine: Engine,
         timer: pykka.ActorRef[Any],
+        pool: WorkerPool,
         activity: Activity,
         on_storage_failure: Callable[[StorageError], None],
         max_active: int,
@@ -43,10 +44,11 @@ class FunctionSupervisor(pykka.ThreadingActor):
         self._function_id = function_id
         self._engine = engine
         self._timer = timer
+        self._pool = pool
         self._activity = activity
         self._on_storage_failure = on_storage_failure
         self._max_active = max_active
-        self._active: dict[str, pykka.ActorRef[Any]] = {}
+        self._active: set[str] = set()
         self._waiting: deque[StartRun] = deque()
         self._queued: set[str] = set()
         self._restarts: dict[str, int] = {}
@@ -75,10 +77,11 @@ class FunctionSupervisor(pykka.ThreadingActor):
             self._start(request.run_id, request.state)
 
     def _start(self, run_id: str, state: RunState | None) -> None:
-        self._active[run_id] = RunActor.start(self._engine, run_id, state, self.actor_ref)
+        self._active.add(run_id)
+        self._pool.submit(ExecuteRun(run_id, state, self.actor_ref))
 
     def _ended(self, run_id: str, outcome: Outcome) -> None:
-        self._active.pop(run_id, None)
+        self._active.discard(run_id)
         self._restarts.pop(run_id, None)
         if outcome.wake_at is not None:
             self._timer.tell(Arm(outcome.wake_at, run_id, self._function_id))
@@ -86,7 +89,7 @@ class FunctionSupervisor(pykka.ThreadingActor):
         self._start_waiting()
 
     def _crashed(self, run_id: str, error: BaseException) -> None:
-        self._active.pop(run_id, None)
+        self._active.discard(run_id)
         if isinstance(error, StorageError):
             self._on_storage_failure(error)
             self._activity.end()

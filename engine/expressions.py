@@ -62,7 +62,7 @@ ResultKind: TypeAlias = Literal["bool", "any", "string", "number"]
 COMPREHENSION_BOUND: Final = 1000
 """Elements a comprehension is assumed to iterate over, and the most it may iterate over at evaluation."""
 MAX_COMPREHENSION_DEPTH: Final = 2
-MAX_TREE_DEPTH: Final = 150
+MAX_TREE_DEPTH: Final = 100
 DEFAULT_MAX_LENGTH: Final = 4096
 DEFAULT_MAX_COST: Final = 10_000
 
@@ -91,7 +91,8 @@ _LITERAL_KINDS: Final = {
     "NULL_LIT": "null",
 }
 _CALL_KINDS: Final = {
-    **{name: "bool" for name in ("has", "startsWith", "endsWith", "contains", "matches", "all", "exists", "exists_one")},
+    **{name: "bool" for name in ("has", "startsWith", "endsWith", "contains", "matches")},
+    **{name: "bool" for name in ("all", "exists", "exists_one")},
     **{name: "list" for name in ("map", "filter")},
     **{name: "int" for name in ("size", "int", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear")},
     **{name: "int" for name in ("getFullYear", "getMonth", "getHours", "getMilliseconds", "getMinutes", "getSeconds")},
@@ -177,7 +178,10 @@ class Expression:
         activation = _BASE_ACTIVATION.nested_activation(vars=self._bind(variables))
         value = self._run(activation)
         self._check_result(value)
-        return _to_json(value, self.source)
+        try:
+            return _to_json(value, self.source)
+        except RecursionError:
+            raise ExpressionError(self.source, "result is nested too deeply") from None
 
     def _bind(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(variables, Mapping):
@@ -191,7 +195,8 @@ class Expression:
             except RecursionError:
                 raise ExpressionError(self.source, f"variable {name!r} is nested too deeply") from None
             except (TypeError, ValueError) as error:
-                raise ExpressionError(self.source, f"variable {name!r} is not CEL-compatible JSON: {_clip(str(error))}") from None
+                reason = f"variable {name!r} is not CEL-compatible JSON: {_clip(str(error))}"
+                raise ExpressionError(self.source, reason) from None
         return bound
 
     def _run(self, activation: Activation) -> Any:
@@ -200,18 +205,21 @@ class Expression:
         except CELEvalError as error:
             raise ExpressionError(self.source, _cel_reason(error)) from None
         except _TooManyElements:
-            raise ExpressionError(self.source, f"a comprehension went over more than {COMPREHENSION_BOUND} elements") from None
+            reason = f"a comprehension went over more than {COMPREHENSION_BOUND} elements"
+            raise ExpressionError(self.source, reason) from None
         except RecursionError:
             raise ExpressionError(self.source, "evaluation nested too deeply") from None
         except Exception as error:
             # celpy lets a few plain Python errors escape (e.g. odd operand types); callers rely on
             # ExpressionError being the only failure.
-            raise ExpressionError(self.source, f"evaluation failed: {type(error).__name__}: {_clip(str(error))}") from None
+            reason = f"evaluation failed: {type(error).__name__}: {_clip(str(error))}"
+            raise ExpressionError(self.source, reason) from None
 
     def _check_result(self, value: Any) -> None:
         if self.result == "any" or _kind_of(value) in _accepted(self.result):
             return
-        raise ExpressionError(self.source, f"expected a {self.result} result, got {_kind_of(value)} {_clip(repr(value), 60)}")
+        got = f"{_kind_of(value)} {_clip(repr(value), 60)}"
+        raise ExpressionError(self.source, f"expected a {self.result} result, got {got}")
 
 
 @attrs.frozen
@@ -303,7 +311,8 @@ def _parse(source: str) -> _Tree:
         raise ExpressionError(source, _syntax_reason(error)) from None
     depth = _tree_depth(tree)
     if depth > MAX_TREE_DEPTH:
-        raise ExpressionError(source, f"expression is nested too deeply ({depth} parse levels; the limit is {MAX_TREE_DEPTH})")
+        reason = f"expression is nested too deeply ({depth} parse levels; the limit is {MAX_TREE_DEPTH})"
+        raise ExpressionError(source, reason)
     return tree
 
 
@@ -469,7 +478,9 @@ def _kinds(node: _Tree) -> frozenset[str] | None:
     if rule in ("conditionalor", "conditionaland", "relation") and arity == 2:
         return frozenset({"bool"})
     if rule in ("addition", "multiplication") and arity == 2:
-        return _arithmetic_kinds(rule, _kinds(subtrees[0].children[0]), _kinds(subtrees[1]))
+        left = subtrees[0].children[0]
+        left_kinds = _kinds(left) if isinstance(left, lark.Tree) else None
+        return _arithmetic_kinds(rule, left_kinds, _kinds(subtrees[1]))
     if rule == "unary" and arity == 2:
         return frozenset({"bool"}) if subtrees[0].data == "unary_not" else _NUMERIC | {"duration"}
     if rule == "literal":

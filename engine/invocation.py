@@ -77,6 +77,7 @@ class Invocation:
         self.limits = limits
         self._commit = commit
         self._pending_start = not state.started
+        self._pending_resume = state.started and state.status == "waiting"
         self.memo_hits = 0
         self.in_step = False
 
@@ -92,11 +93,13 @@ class Invocation:
         batch = list(entries)
         if self._pending_start:
             batch.insert(0, NewEntry(r.RUN_STARTED, {"at": format_time(self.clock.now())}))
+        elif self._pending_resume:
+            batch.insert(0, NewEntry(r.RUN_RESUMED, {"at": format_time(self.clock.now())}))
         try:
             self._commit(batch)
         except Exception as error:
             raise _HostFailure(error) from error
-        self._pending_start = False
+        self._pending_start = self._pending_resume = False
         for entry in batch:
             self.state.apply(entry.type, entry.data)
 
@@ -145,6 +148,9 @@ class Invocation:
             raise _Suspend(retry_at)
         self.commit(NewEntry(r.STEP_FAILED, {**base, "n": len(self.state.memo) + 1}))
         raise StepError(key, info["name"], info["message"], info["stack"]) from error
+
+    def _now(self) -> str:
+        return format_time(self.clock.now())
 
     def _step_base(self, key: str, step_id: str, kind: str, started: datetime) -> dict[str, Any]:
         return {
@@ -202,11 +208,11 @@ class Invocation:
             text = self._encode_output(output, f"the output of function {self.function.id!r}")
         except NotJSONError as error:
             return self._fail({"name": "OutputError", "message": str(error), "stack": None})
-        self.commit(NewEntry(r.RUN_COMPLETED, {"output": output, "at": format_time(self.clock.now())}))
+        self.commit(NewEntry(r.RUN_COMPLETED, {"output": output, "at": self._now(), "steps": len(self.state.memo)}))
         return Outcome("completed", output=_json_copy(text))
 
     def _fail(self, error: ErrorInfo) -> Outcome:
-        self.commit(NewEntry(r.RUN_FAILED, {"error": error, "at": format_time(self.clock.now())}))
+        self.commit(NewEntry(r.RUN_FAILED, {"error": error, "at": self._now(), "steps": len(self.state.memo)}))
         return Outcome("failed", error=error)
 
     def _function_errored(self, error: Exception) -> Outcome:

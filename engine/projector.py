@@ -2,10 +2,13 @@
 
 | table  | key         | what it holds                                                        |
 |--------|-------------|----------------------------------------------------------------------|
-| runs   | run_id      | every run: function, status, first event, times, step count, output/error |
+| runs   | run_id      | every run: function, status, first event, times, output or error     |
 | events | internal_id | every received event (duplicates too): name, user id, ts, data      |
 | queue  | run_id      | runs scheduled and not yet started, in order, with when they are ready |
 | timers | run_id      | runs waiting for a time (retry backoff), with when they are due      |
+
+Steps change no projection: the step path writes one log row and nothing else. The runs table
+counts a run's steps when it ends.
 
 JSON values (output, error, data) are stored as JSON text so that sqlite-utils and Datasette
 show them as they are.
@@ -93,8 +96,8 @@ def _started(entry: Entry, run_id: str) -> list[Change]:
     return [Upsert("runs", run), Delete("queue", {"run_id": run_id})]
 
 
-def _step_done(entry: Entry, run_id: str) -> list[Change]:
-    run = {"run_id": run_id, "status": "running", "steps": entry.data["n"], "updated_at": entry.recorded_at}
+def _resumed(entry: Entry, run_id: str) -> list[Change]:
+    run = {"run_id": run_id, "status": "running", "updated_at": entry.recorded_at}
     return [Upsert("runs", run), Delete("timers", {"run_id": run_id})]
 
 
@@ -109,7 +112,7 @@ def _ended(status: str, column: str) -> Any:
     def project(entry: Entry, run_id: str) -> list[Change]:
         run = {
             "run_id": run_id, "status": status, "ended_at": entry.data["at"], "updated_at": entry.recorded_at,
-            column: _json(entry.data.get(column)),
+            "steps": entry.data.get("steps", 0), column: _json(entry.data.get(column)),
         }
         return [Upsert("runs", run), Delete("timers", {"run_id": run_id}), Delete("queue", {"run_id": run_id})]
 
@@ -121,8 +124,7 @@ _HANDLERS: dict[str, Any] = {
     r.EVENT_DUPLICATE: lambda entry, _id: _event(entry, True),
     r.RUN_SCHEDULED: _scheduled,
     r.RUN_STARTED: _started,
-    r.STEP_COMPLETED: _step_done,
-    r.STEP_FAILED: _step_done,
+    r.RUN_RESUMED: _resumed,
     r.STEP_ERRORED: _errored,
     r.RUN_ERRORED: _errored,
     r.RUN_COMPLETED: _ended("completed", "output"),

@@ -8,12 +8,13 @@ A run is the stream ``run/<run_id>``; an event is the stream ``event/<internal i
 | event.duplicate | internal_id, event (its id was seen within the deduplication window)  |
 | run.scheduled   | run_id, function_id, event_ids, events, ready_at                      |
 | run.started     | at                                                                    |
+| run.resumed     | at (the first entry of an invocation after a wait)                    |
 | step.completed  | step, id, kind, n, attempt, output, started_at, ended_at              |
 | step.errored    | step, id, kind, attempt, error, retry_at, started_at, ended_at        |
 | step.failed     | step, id, kind, n, attempt, error, started_at, ended_at               |
 | run.errored     | attempt, error, retry_at                                              |
-| run.completed   | output, at                                                            |
-| run.failed      | error, at                                                             |
+| run.completed   | output, at, steps                                                     |
+| run.failed      | error, at, steps                                                      |
 
 ``step`` is the step key (the user's id, then ``id:1``, ``id:2`` for repeats); ``n`` counts the
 run's finished steps; errors are ``{name, message, stack}``; times are ISO 8601 UTC.
@@ -28,6 +29,7 @@ EVENT_RECEIVED = "event.received"
 EVENT_DUPLICATE = "event.duplicate"
 RUN_SCHEDULED = "run.scheduled"
 RUN_STARTED = "run.started"
+RUN_RESUMED = "run.resumed"
 STEP_COMPLETED = "step.completed"
 STEP_ERRORED = "step.errored"
 STEP_FAILED = "step.failed"
@@ -36,7 +38,7 @@ RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 
 RUN_TYPES = (
-    RUN_SCHEDULED, RUN_STARTED, STEP_COMPLETED, STEP_ERRORED, STEP_FAILED, RUN_ERRORED, RUN_COMPLETED, RUN_FAILED
+    RUN_SCHEDULED, RUN_STARTED, RUN_RESUMED, STEP_COMPLETED, STEP_ERRORED, STEP_FAILED, RUN_ERRORED, RUN_COMPLETED, RUN_FAILED
 )
 ErrorInfo = dict[str, Any]
 

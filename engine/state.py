@@ -99,6 +99,7 @@ def _failed(state: RunState, data: dict[str, Any]) -> None:
 _HANDLERS = {
     r.RUN_SCHEDULED: _scheduled,
     r.RUN_STARTED: _started,
+    r.RUN_RESUMED: _started,
     r.STEP_COMPLETED: _step_completed,
     r.STEP_ERRORED: _step_errored,
     r.STEP_FAILED: _step_failed,

@@ -52,6 +52,12 @@ class SqliteEventStore(EventStore):
         self._connections_lock = threading.Lock()
         self._writer = self._connect()
         self._create_schema()
+        # Stream versions and the last position, as this writer last committed them. Valid while
+        # no other connection has committed, which PRAGMA data_version tells at each BEGIN.
+        self._versions: dict[str, int] = {}
+        self._position: int | None = None
+        self._data_version: int | None = None
+        self._committing: Plan | None = None
 
     # -- connections -----------------------------------------------------------------------
 
@@ -126,16 +132,41 @@ class SqliteEventStore(EventStore):
             conn = self._writer
             with self._translated("begin a transaction"):
                 conn.execute("BEGIN IMMEDIATE")
+                self._check_cache()
             try:
                 yield
                 conn.execute("COMMIT")
+                self._remember(self._committing)
             except sqlite3.Error as error:
+                self._forget()
                 self._rollback()
                 self._broken = StorageError(f"SQLite failed to commit to {self.path}: {error}")
                 raise self._broken from error
             except BaseException:
+                self._forget()
                 self._rollback()
                 raise
+            finally:
+                self._committing = None
+
+    def _check_cache(self) -> None:
+        data_version = self._writer.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != self._data_version:
+            self._forget()
+            self._data_version = data_version
+
+    def _remember(self, plan: Plan | None) -> None:
+        if plan is None:
+            return
+        if len(self._versions) > 100_000:
+            self._versions.clear()
+        self._versions.update(plan.versions)
+        if plan.entries:
+            self._position = plan.entries[-1].position
+
+    def _forget(self) -> None:
+        self._versions.clear()
+        self._position = None
 
     def _rollback(self) -> None:
         try:
@@ -146,12 +177,17 @@ class SqliteEventStore(EventStore):
     # -- primitives used while planning a commit -------------------------------------------
 
     def _stream_version(self, stream: str) -> int:
+        cached = self._versions.get(stream)
+        if cached is not None:
+            return cached
         row = self._writer.execute("SELECT max(version) FROM log WHERE stream = ?", (stream,)).fetchone()
         return int(row[0] or 0)
 
     def _last_position(self) -> int:
-        row = self._writer.execute("SELECT max(position) FROM log").fetchone()
-        return int(row[0] or 0)
+        if self._position is None:
+            row = self._writer.execute("SELECT max(position) FROM log").fetchone()
+            self._position = int(row[0] or 0)
+        return self._position
 
     def _key_record(self, key: str) -> KeyRecord | None:
         row = self._writer.execute(
@@ -160,6 +196,7 @@ class SqliteEventStore(EventStore):
         return None if row is None else KeyRecord(row[0], row[1], row[2])
 
     def _write(self, plan: Plan) -> None:
+        self._committing = plan
         conn = self._writer
         conn.executemany(
             "INSERT INTO log (position, stream, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
