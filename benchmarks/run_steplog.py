@@ -106,7 +106,7 @@ def result_of(client: steplog.Steplog, event_id: str) -> Any:
 
 
 def completed_runs(client: steplog.Steplog, function_id: str) -> int:
-    return len(client.list_runs(function_id=function_id, status="completed"))
+    return len(client.list_runs(function_id=function_id, status="completed", limit=None))
 
 
 def version() -> str:

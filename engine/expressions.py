@@ -49,9 +49,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
-import celpy.celtypes as celtypes
 import lark
 import re2
+from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError, CELParser
 from celpy.evaluation import Activation, CELEvalError, Evaluator, base_functions
@@ -111,6 +111,11 @@ _CEL_KINDS: Final = (
     (celtypes.DurationType, "duration"),
     (type(None), "null"),
 )
+
+_GENERIC_REASONS: Final = frozenset(
+    {"no such overload", "return error for overflow", "invalid_argument", "no such key", "match error"}
+)
+"""celpy reasons too vague on their own; the underlying Python error is appended."""
 
 _BASE_ACTIVATION: Final = Activation()
 _PARSE_LOCK: Final = threading.Lock()
@@ -209,7 +214,7 @@ class Expression:
             raise ExpressionError(self.source, reason) from None
         except RecursionError:
             raise ExpressionError(self.source, "evaluation nested too deeply") from None
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001
             # celpy lets a few plain Python errors escape (e.g. odd operand types); callers rely on
             # ExpressionError being the only failure.
             reason = f"evaluation failed: {type(error).__name__}: {_clip(str(error))}"
@@ -573,7 +578,8 @@ def _to_json(value: Any, source: str) -> Any:
     if isinstance(value, str):
         return str(value)
     if isinstance(value, (celtypes.TimestampType, celtypes.DurationType)):
-        return str(celtypes.StringType(value))
+        # CEL's string() formatting ("2024-01-02T03:04:05Z", "90s"); celpy's annotation omits these types.
+        return str(celtypes.StringType(value))  # type: ignore[arg-type]
     if isinstance(value, (list, tuple)):
         return [_to_json(item, source) for item in value]
     if isinstance(value, dict):
@@ -595,10 +601,9 @@ def _cel_reason(error: CELEvalError) -> str:
     text = re.sub(r"<class 'celpy\.celtypes\.(\w+?)Type'>", lambda match: match[1].lower(), text)
     text = re.sub(r"Token\('RULE', '(\w+)'\)", r"\1", text)
     detail = error.args[2] if len(error.args) > 2 else None
-    if text in ("no such overload", "return error for overflow", "invalid_argument", "no such key", "match error"):
-        if isinstance(detail, tuple) and len(detail) == 1:
-            item = detail[0]
-            text += ": " + (item.decode(errors="replace") if isinstance(item, bytes) else str(item))
+    if text in _GENERIC_REASONS and isinstance(detail, tuple) and len(detail) == 1:
+        item = detail[0]
+        text += ": " + (item.decode(errors="replace") if isinstance(item, bytes) else str(item))
     return _clip(text)
 
 
@@ -694,7 +699,7 @@ def _equality(node: _Tree, names: frozenset[str]) -> EqualityCondition | None:
     return None if value is _NOT_LITERAL else EqualityCondition(path, None, value)
 
 
-def _root_path(node: lark.Tree | lark.Token, names: frozenset[str]) -> tuple[str, ...] | None:
+def _root_path(node: _Tree | lark.Token, names: frozenset[str]) -> tuple[str, ...] | None:
     if not isinstance(node, lark.Tree):
         return None
     reference = _reference(_unwrap(node))

@@ -133,7 +133,7 @@ class Invocation:
             self.record_failure(key, step_id, kind, NonRetriableError(str(error)), started)
         base = self._step_base(key, step_id, kind, started)
         self.commit(NewEntry(r.STEP_COMPLETED, {**base, "n": len(self.state.memo) + 1, "output": output}))
-        return _json_copy(text)
+        return _json_copy(output, text)
 
     def record_failure(
         self, key: str, step_id: str, kind: str, error: BaseException, started: datetime
@@ -209,7 +209,7 @@ class Invocation:
         except NotJSONError as error:
             return self._fail({"name": "OutputError", "message": str(error), "stack": None})
         self.commit(NewEntry(r.RUN_COMPLETED, {"output": output, "at": self._now(), "steps": len(self.state.memo)}))
-        return Outcome("completed", output=_json_copy(text))
+        return Outcome("completed", output=_json_copy(output, text))
 
     def _fail(self, error: ErrorInfo) -> Outcome:
         self.commit(NewEntry(r.RUN_FAILED, {"error": error, "at": self._now(), "steps": len(self.state.memo)}))
@@ -224,5 +224,11 @@ class Invocation:
         return Outcome("waiting", wake_at=retry_at)
 
 
-def _json_copy(text: str) -> Any:
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_copy(value: Any, text: str) -> Any:
+    """The value as JSON gives it back: what the function will also see on any replay."""
+    if type(value) in _SCALARS:
+        return value
     return json.loads(text)

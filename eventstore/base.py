@@ -35,9 +35,12 @@ Range = tuple[Any, Any]
 
 def format_time(moment: datetime) -> str:
     """ISO 8601 in UTC with microseconds, so that text order is time order."""
-    if moment.tzinfo is None:
-        raise ValueError(f"naive datetime {moment!r}: the log records aware times only")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not timezone.utc:
+        if moment.tzinfo is None:
+            raise ValueError(f"naive datetime {moment!r}: the log records aware times only")
+        moment = moment.astimezone(timezone.utc)
+    # isoformat is several times faster than strftime, and this runs a few times per step.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:

@@ -58,6 +58,7 @@ class SqliteEventStore(EventStore):
         self._position: int | None = None
         self._data_version: int | None = None
         self._committing: Plan | None = None
+        self._statements: dict[tuple[str, tuple[str, ...]], str] = {}
 
     # -- connections -----------------------------------------------------------------------
 
@@ -202,21 +203,39 @@ class SqliteEventStore(EventStore):
             "INSERT INTO log (position, stream, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
             [(e.position, e.stream, e.version, e.type, _dump(e.data), e.recorded_at) for e in plan.entries],
         )
-        for change in plan.changes:
-            self._apply(conn, change)
+        self._apply_changes(conn, plan.changes)
+        if not plan.keys:
+            return
         conn.executemany(
             "INSERT INTO idempotency_keys (key, position, recorded_ts) VALUES (?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET position = excluded.position, recorded_ts = excluded.recorded_ts",
             [(k.key, k.position, k.recorded_ts) for k in plan.keys],
         )
 
-    def _apply(self, conn: sqlite3.Connection, change: Change) -> None:
+    def _apply_changes(self, conn: sqlite3.Connection, changes: Sequence[Change]) -> None:
+        """Apply changes in order, batching consecutive changes that share one statement."""
+        batch_sql: str | None = None
+        batch: list[list[Any]] = []
+        for change in changes:
+            sql, params = self._change_sql(change)
+            if sql != batch_sql and batch:
+                conn.executemany(batch_sql, batch)  # type: ignore[arg-type]
+                batch = []
+            batch_sql = sql
+            batch.append(params)
+        if batch:
+            conn.executemany(batch_sql, batch)  # type: ignore[arg-type]
+
+    def _change_sql(self, change: Change) -> tuple[str, list[Any]]:
         table = self.table(change.table)
         if isinstance(change, Upsert):
-            conn.execute(*_upsert_sql(table, change.row))
-        elif isinstance(change, Delete):
-            where = " AND ".join(f"[{c}] = ?" for c in table.key)
-            conn.execute(f"DELETE FROM [{table.name}] WHERE {where}", [change.key[c] for c in table.key])
+            columns = tuple(change.row)
+            cache_key = (table.name, columns)
+            sql = self._statements.get(cache_key)
+            if sql is None:
+                sql = self._statements[cache_key] = _upsert_statement(table, columns)
+            return sql, [change.row[c] for c in columns]
+        return _delete_sql(table), [change.key[c] for c in table.key]
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -304,7 +323,16 @@ def _check_column(table: Table, column: str) -> None:
 
 
 def _upsert_sql(table: Table, row: Row) -> tuple[str, list[Any]]:
-    columns = list(row)
+    columns = tuple(row)
+    return _upsert_statement(table, columns), [row[c] for c in columns]
+
+
+def _delete_sql(table: Table) -> str:
+    where = " AND ".join(f"[{c}] = ?" for c in table.key)
+    return f"DELETE FROM [{table.name}] WHERE {where}"
+
+
+def _upsert_statement(table: Table, columns: tuple[str, ...]) -> str:
     for column in columns:
         _check_column(table, column)
     updates = [c for c in columns if c not in table.key]
@@ -314,7 +342,7 @@ def _upsert_sql(table: Table, row: Row) -> tuple[str, list[Any]]:
         f" ON CONFLICT ({', '.join(f'[{c}]' for c in table.key)}) DO "
     )
     sql += "UPDATE SET " + ", ".join(f"[{c}] = excluded.[{c}]" for c in updates) if updates else "NOTHING"
-    return sql, [row[c] for c in columns]
+    return sql
 
 
 def _where(table: Table, where: Mapping[str, Any], ranges: Mapping[str, Range]) -> tuple[list[str], list[Any]]:
