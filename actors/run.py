@@ -52,7 +52,7 @@ class RunWorker(pykka.ThreadingActor):
     def _execute(self, message: ExecuteRun) -> None:
         try:
             outcome = self._engine.invoke(message.run_id, message.state)
-        except Exception as error:  # noqa: BLE001 - reported to the supervisor, which restarts the run
+        except BaseException as error:  # noqa: BLE001 - even SystemExit from user code must not stop every actor
             message.supervisor.tell(RunCrashed(message.run_id, error))
             return
         message.supervisor.tell(RunEnded(message.run_id, outcome))

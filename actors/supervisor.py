@@ -7,6 +7,7 @@ A crashed run never stops the engine: the supervisor restarts the run from the l
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from actors.messages import Arm, RunCrashed, RunEnded, StartRun
 from actors.run import ExecuteRun, WorkerPool
 
 MAX_RESTARTS = 3
+log = logging.getLogger("steplog.supervisor")
 
 
 class FunctionSupervisor(pykka.ThreadingActor):
@@ -54,13 +56,19 @@ class FunctionSupervisor(pykka.ThreadingActor):
         self._restarts: dict[str, int] = {}
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            self._handle(message)
+        except Exception:  # noqa: BLE001 - a supervisor that dies would strand every run of its function
+            log.exception("supervisor of %r failed on %r", self._function_id, message)
+        return None
+
+    def _handle(self, message: Any) -> None:
         if isinstance(message, StartRun):
             self._admit(message)
         elif isinstance(message, RunEnded):
             self._ended(message.run_id, message.outcome)
         elif isinstance(message, RunCrashed):
             self._crashed(message.run_id, message.error)
-        return None
 
     def _admit(self, request: StartRun) -> None:
         if request.run_id in self._active or request.run_id in self._queued:
@@ -107,5 +115,8 @@ class FunctionSupervisor(pykka.ThreadingActor):
             self._start(run_id, None)
             return
         self._restarts.pop(run_id, None)
-        self._engine.fail_run(run_id, error)
-        self._activity.end()
+        log.error("run %s crashed %d times; failing it: %r", run_id, restarts, error)
+        try:
+            self._engine.fail_run(run_id, error)
+        finally:
+            self._activity.end()
