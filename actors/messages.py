@@ -21,11 +21,6 @@ class Commit:
 
 
 @attrs.frozen
-class Flush:
-    """Writer: commit everything gathered so far (sent by the writer to itself)."""
-
-
-@attrs.frozen
 class StartRun:
     """Supervisor: start (or resume) a run."""
 
@@ -48,11 +43,6 @@ class RunCrashed:
 
     run_id: str
     error: BaseException
-
-
-@attrs.frozen
-class Execute:
-    """Run actor: run the invocation (sent by the run actor to itself)."""
 
 
 @attrs.frozen

@@ -1,9 +1,8 @@
 """The store writer: the one actor that writes, committing many appends per transaction.
 
-Group commit without waiting: the first ``Commit`` to arrive sends the writer a ``Flush``;
-every ``Commit`` that lands in the inbox before that ``Flush`` is processed joins the same
-transaction. Under load a batch holds whatever queued during the previous fsync, so the cost of
-one fsync is shared; alone, a commit waits for nothing.
+Group commit without waiting: a ``Commit`` is gathered, and the batch is written as soon as the
+inbox is empty. Under load a batch holds whatever queued during the previous fsync, so the cost
+of one fsync is shared; alone, a commit waits for nothing.
 
 A failed commit is not retried: the writer answers every waiting caller with the error and
 calls ``on_storage_failure`` so that the runtime stops (after a failed fsync the file's state is
@@ -20,7 +19,7 @@ import pykka
 
 from eventstore import EventStore, StorageError
 from engine.clock import Clock
-from actors.messages import Commit, Flush
+from actors.messages import Commit
 
 
 class StoreWriter(pykka.ThreadingActor):
@@ -34,22 +33,23 @@ class StoreWriter(pykka.ThreadingActor):
         self._clock = clock
         self._on_storage_failure = on_storage_failure
         self._pending: list[Commit] = []
-        self._flush_sent = False
         self.batches = 0
         self.appends = 0
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Commit):
             self._pending.append(message)
-            if not self._flush_sent:
-                self._flush_sent = True
-                self.actor_ref.tell(Flush())
-        elif isinstance(message, Flush):
-            self._flush()
+            if self.actor_inbox.empty():
+                self._flush()
         return None
 
+    def on_stop(self) -> None:
+        self._flush()
+
     def _flush(self) -> None:
-        pending, self._pending, self._flush_sent = self._pending, [], False
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
         appends = [append for request in pending for append in request.appends]
         try:
             results = self._store.commit(appends, now=self._clock.now())
