@@ -79,12 +79,25 @@ class Invocation:
         self._pending_start = not state.started
         self._pending_resume = state.started and state.status == "waiting"
         self.memo_hits = 0
+        self.live = False
+        """Set once the function reaches a step that is not in the log: nothing after it is a replay."""
         self.in_step = False
+        self._interrupt: BaseException | None = None
+
+    def _interrupted(self, interrupt: BaseException) -> BaseException:
+        """Remember an interrupt so that a bare ``except:`` in user code cannot make it vanish."""
+        self._interrupt = interrupt
+        return interrupt
+
+    def check_interrupt(self) -> None:
+        """Raise the pending interrupt again, if user code swallowed it."""
+        if self._interrupt is not None:
+            raise self._interrupt
 
     @property
     def replaying(self) -> bool:
         """True while the function is passing through steps already in the log."""
-        return self.memo_hits < len(self.state.memo)
+        return not self.live and self.memo_hits < len(self.state.memo)
 
     # -- committing ------------------------------------------------------------------------
 
@@ -98,7 +111,7 @@ class Invocation:
         try:
             self._commit(batch)
         except Exception as error:
-            raise _HostFailure(error) from error
+            raise self._interrupted(_HostFailure(error)) from error
         self._pending_start = self._pending_resume = False
         for entry in batch:
             self.state.apply(entry.type, entry.data)
@@ -107,20 +120,23 @@ class Invocation:
 
     def memoized(self, key: str, kind: str) -> StepRecord | None:
         """The recorded result of a step, after checking that it is the same kind of step."""
+        self.check_interrupt()
         record = self.state.memo.get(key)
         if record is None:
+            self.live = True
             return None
         if record.kind != kind:
-            raise _Abort(error_info(NondeterminismError(key, record.kind, kind), with_stack=False))
+            raise self._interrupted(_Abort(error_info(NondeterminismError(key, record.kind, kind), with_stack=False)))
         self.memo_hits += 1
         return record
 
     def check_step_limit(self) -> None:
         if self.in_step:
-            raise _Abort({"name": "NestedStepError", "message": "steps cannot run inside a step body", "stack": None})
+            nested = {"name": "NestedStepError", "message": "steps cannot run inside a step body", "stack": None}
+            raise self._interrupted(_Abort(nested))
         if len(self.state.memo) >= self.limits.steps_per_run:
             message = f"the run exceeded its step limit of {self.limits.steps_per_run} steps"
-            raise _Abort({"name": "StepLimitError", "message": message, "stack": None})
+            raise self._interrupted(_Abort({"name": "StepLimitError", "message": message, "stack": None}))
 
     def step_attempt(self, key: str) -> int:
         return self.state.step_failures.get(key, 0)
@@ -132,7 +148,9 @@ class Invocation:
         except NotJSONError as error:
             self.record_failure(key, step_id, kind, NonRetriableError(str(error)), started)
         base = self._step_base(key, step_id, kind, started)
-        self.commit(NewEntry(r.STEP_COMPLETED, {**base, "n": len(self.state.memo) + 1, "output": output}))
+        # the log holds its own JSON copy: what any backend gives back on replay, shared with no one
+        recorded = _json_copy(output, text)
+        self.commit(NewEntry(r.STEP_COMPLETED, {**base, "n": len(self.state.memo) + 1, "output": recorded}))
         return _json_copy(output, text)
 
     def record_failure(
@@ -145,7 +163,7 @@ class Invocation:
         base = {**self._step_base(key, step_id, kind, started), "error": info}
         if retry_at is not None:
             self.commit(NewEntry(r.STEP_ERRORED, {**base, "retry_at": format_time(retry_at)}))
-            raise _Suspend(retry_at)
+            raise self._interrupted(_Suspend(retry_at))
         self.commit(NewEntry(r.STEP_FAILED, {**base, "n": len(self.state.memo) + 1}))
         raise StepError(key, info["name"], info["message"], info["stack"]) from error
 
@@ -186,17 +204,22 @@ class Invocation:
             return Outcome(self.state.status, self.state.output, self.state.error)
         try:
             output = self._call(context)
-        except _HostFailure:
-            raise
-        except _Suspend as suspend:
-            return Outcome("waiting", wake_at=suspend.wake_at)
-        except _Abort as abort:
-            return self._fail(abort.error)
-        except (StepError, NonRetriableError) as error:
-            return self._fail(error_info(error))
-        except Exception as error:
-            return self._function_errored(error)
+        except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here
+            return self._conclude(self._interrupt or raised)
+        if self._interrupt is not None:
+            return self._conclude(self._interrupt)
         return self._complete(output)
+
+    def _conclude(self, raised: BaseException) -> Outcome:
+        if isinstance(raised, _Suspend):
+            return Outcome("waiting", wake_at=raised.wake_at)
+        if isinstance(raised, _Abort):
+            return self._fail(raised.error)
+        if isinstance(raised, (StepError, NonRetriableError)):
+            return self._fail(error_info(raised))
+        if isinstance(raised, Exception):
+            return self._function_errored(raised)
+        raise raised  # _HostFailure, and SystemExit or KeyboardInterrupt from user code
 
     def _call(self, context: Any) -> Any:
         if self.function.is_async:
@@ -208,7 +231,8 @@ class Invocation:
             text = self._encode_output(output, f"the output of function {self.function.id!r}")
         except NotJSONError as error:
             return self._fail({"name": "OutputError", "message": str(error), "stack": None})
-        self.commit(NewEntry(r.RUN_COMPLETED, {"output": output, "at": self._now(), "steps": len(self.state.memo)}))
+        recorded = _json_copy(output, text)
+        self.commit(NewEntry(r.RUN_COMPLETED, {"output": recorded, "at": self._now(), "steps": len(self.state.memo)}))
         return Outcome("completed", output=_json_copy(output, text))
 
     def _fail(self, error: ErrorInfo) -> Outcome:
