@@ -4,22 +4,28 @@ Group commit without waiting: a ``Commit`` is gathered, and the batch is written
 inbox is empty. Under load a batch holds whatever queued during the previous fsync, so the cost
 of one fsync is shared; alone, a commit waits for nothing.
 
-A failed commit is not retried: the writer answers every waiting caller with the error and
+A commit that could not begin because another connection held the lock is tried again (nothing
+was written). A failed commit is not retried: the writer answers every waiting caller with the error and
 calls ``on_storage_failure`` so that the runtime stops (after a failed fsync the file's state is
 unknown, and retrying in place can lose or duplicate writes).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import pykka
 
-from eventstore import EventStore, StorageError
+from eventstore import EventStore, StorageError, StoreBusyError
 from engine.clock import Clock
 from actors.messages import Commit
+
+log = logging.getLogger("steplog.writer")
+BUSY_ATTEMPTS = 12
+"""Each attempt waits out SQLite's busy timeout (5 s): about a minute in all before the engine stops."""
 
 
 class StoreWriter(pykka.ThreadingActor):
@@ -52,7 +58,7 @@ class StoreWriter(pykka.ThreadingActor):
         pending, self._pending = self._pending, []
         appends = [append for request in pending for append in request.appends]
         try:
-            results = self._store.commit(appends, now=self._clock.now())
+            results = self._commit_waiting_out_locks(appends)
         except StorageError as error:
             self._fail(pending, error)
             return
@@ -65,6 +71,18 @@ class StoreWriter(pykka.ThreadingActor):
         for request in pending:
             request.reply.set(results[offset : offset + len(request.appends)])
             offset += len(request.appends)
+
+    def _commit_waiting_out_locks(self, appends: list[Any]) -> list[Any]:
+        # Another process (a backup, a sqlite3 shell, a rebuild) may hold the write lock for a
+        # while. Nothing is written when BEGIN fails, so waiting and trying again is safe.
+        for attempt in range(1, BUSY_ATTEMPTS + 1):
+            try:
+                return self._store.commit(appends, now=self._clock.now())
+            except StoreBusyError as error:
+                if attempt == BUSY_ATTEMPTS:
+                    raise StorageError(f"gave up after {attempt} attempts: {error}") from error
+                log.warning("store busy (attempt %d of %d): %s", attempt, BUSY_ATTEMPTS, error)
+        raise AssertionError("unreachable")
 
     def _fail(self, pending: list[Commit], error: Exception) -> None:
         for request in pending:

@@ -18,7 +18,7 @@ def parse_duration(value: Duration, *, what: str = "duration") -> timedelta:
     if isinstance(value, timedelta):
         result = value
     elif isinstance(value, (int, float)):
-        result = timedelta(seconds=value)
+        result = _seconds(value, value, what)
     elif isinstance(value, str):
         result = _parse_text(value, what)
     else:
@@ -38,4 +38,11 @@ def _parse_text(text: str, what: str) -> timedelta:
         position = match.end()
     if not compact or position != len(compact):
         raise ValueError(f"{what}: cannot read {text!r} as a duration (examples: '30s', '1m30s', '2h', '7d', '500ms')")
-    return timedelta(seconds=seconds)
+    return _seconds(seconds, text, what)
+
+
+def _seconds(seconds: float, value: object, what: str) -> timedelta:
+    try:
+        return timedelta(seconds=seconds)
+    except (OverflowError, ValueError):  # inf, nan, or more than timedelta holds (999,999,999 days)
+        raise ValueError(f"{what}: {value!r} is out of range for a duration") from None

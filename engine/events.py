@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -97,7 +98,8 @@ def _prepare(
         raise EventError(str(error)) from None
     if size_of(text) > limits.event_bytes:
         raise EventError(f"{where} is {size_of(text)} bytes; the limit is {limits.event_bytes} bytes")
-    return ReceivedEvent(internal_id, filled, event.id or None)
+    # the event as the log gives it back: nothing shared with the caller's objects, tuples as lists
+    return ReceivedEvent(internal_id, Event.from_dict(json.loads(text)), event.id or None)
 
 
 def _coerce(item: object, where: str) -> Event:

@@ -17,7 +17,7 @@ show them as they are.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eventstore import Change, Delete, Entry, Table, Upsert
@@ -62,7 +62,7 @@ def _json(value: Any) -> str:
 class RunProjector:
     """Maps each engine entry to row changes in runs, events, queue and timers."""
 
-    tables = (RUNS, EVENTS, QUEUE, TIMERS)
+    tables: Sequence[Table] = (RUNS, EVENTS, QUEUE, TIMERS)
 
     def project(self, entry: Entry) -> Iterable[Change]:
         handler = _HANDLERS.get(entry.type)

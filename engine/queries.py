@@ -92,7 +92,9 @@ def list_runs(
     """Runs, newest first, filtered by function, status, triggering event and scheduling time."""
     where = {k: v for k, v in {"function_id": function_id, "status": status, "event_id": event_id}.items() if v}
     ranges = {"scheduled_at": _time_range(since, until)} if since or until else {}
-    rows = store.query("runs", where=where, ranges=ranges, order_by="scheduled_at", desc=True, limit=limit)
+    rows = store.query(
+        "runs", where=where, ranges=ranges, order_by=("scheduled_at", "run_id"), desc=True, limit=limit
+    )
     return [_decode(row, "output", "error") for row in rows]
 
 

@@ -60,6 +60,9 @@ def error_info(error: BaseException, *, with_stack: bool = True) -> ErrorInfo:
     """An exception as recorded: its class name, message and formatted stack."""
     message = getattr(error, "message", None)
     if not isinstance(message, str) or not message:
-        message = str(error)
+        try:
+            message = str(error)
+        except Exception:  # noqa: BLE001 - a user's exception with a broken __str__ must still be recorded
+            message = f"<unprintable {type(error).__name__}>"
     stack = "".join(traceback.format_exception(error)) if with_stack else None
     return {"name": type(error).__name__, "message": message, "stack": stack}

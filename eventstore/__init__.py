@@ -5,7 +5,7 @@ nothing of the engine or the actors above it.
 """
 
 from eventstore.base import EventStore, format_time, parse_time
-from eventstore.errors import ConcurrencyError, EventStoreError, StorageError, StoreClosedError
+from eventstore.errors import ConcurrencyError, EventStoreError, StorageError, StoreBusyError, StoreClosedError
 from eventstore.memory import MemoryEventStore
 from eventstore.projections import Change, Delete, Difference, Projector, Row, Table, Upsert
 from eventstore.records import Append, Committed, Entry, NewEntry, StreamWrite
@@ -27,6 +27,7 @@ __all__ = [
     "Row",
     "SqliteEventStore",
     "StorageError",
+    "StoreBusyError",
     "StoreClosedError",
     "StreamWrite",
     "Table",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -171,7 +171,7 @@ class EventStore(ABC):
         With ``apply`` the rebuilt tables replace the live ones, in one transaction.
         """
         self._check_open()
-        with self._transaction():
+        with self._transaction() if apply else self._snapshot():
             rebuilt = self._fold_projections()
             differences: list[Difference] = []
             for table in self.projector.tables:
@@ -212,11 +212,12 @@ class EventStore(ABC):
         *,
         where: Mapping[str, Any] | None = None,
         ranges: Mapping[str, Range] | None = None,
-        order_by: str | None = None,
+        order_by: str | Sequence[str] | None = None,
         desc: bool = False,
         limit: int | None = None,
     ) -> list[Row]:
-        """Rows of a projection table: equal to ``where``, within inclusive ``ranges`` (None = open)."""
+        """Rows of a projection table: equal to ``where``, within inclusive ``ranges`` (None = open),
+        ordered by one column or several (ties broken by the next), NULLs first."""
 
     def stream_version(self, stream: str) -> int:
         """The version of a stream; 0 if it has no entries."""
@@ -242,6 +243,10 @@ class EventStore(ABC):
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """A write transaction; everything in it is durable together, or not at all."""
+
+    def _snapshot(self) -> AbstractContextManager[None]:
+        """A consistent read of the log and projections; by default a write transaction."""
+        return self._transaction()
 
     @abstractmethod
     def _stream_version(self, stream: str) -> int:

@@ -3,6 +3,7 @@
     EventStoreError
     ├── ConcurrencyError   a stream was not at the version the writer expected
     ├── StoreClosedError   the store was used after close()
+    ├── StoreBusyError     another connection held the write lock too long; nothing was written
     └── StorageError       the database failed (I/O error, disk full, corruption)
 """
 
@@ -25,6 +26,10 @@ class ConcurrencyError(EventStoreError):
 
 class StoreClosedError(EventStoreError):
     """The store was used after it was closed."""
+
+
+class StoreBusyError(EventStoreError):
+    """Another connection held the database's write lock past the busy timeout; nothing was written."""
 
 
 class StorageError(EventStoreError):

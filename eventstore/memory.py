@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import attrs
+
 from eventstore.base import EventStore, KeyRecord, Plan, Range, apply_change
-from eventstore.projections import Projector, Row, Table
+from eventstore.projections import Change, Projector, Row, Table, Upsert
 from eventstore.records import Entry
 
 
@@ -26,13 +30,13 @@ class MemoryEventStore(EventStore):
     def read_stream(self, stream: str, *, after: int = 0) -> list[Entry]:
         self._check_open()
         with self._lock:
-            return list(self._streams.get(stream, ())[after:])
+            return [_copy(e) for e in self._streams.get(stream, ())[after:]]
 
     def read_all(self, *, after: int = 0, limit: int | None = None, types: Sequence[str] = ()) -> list[Entry]:
         self._check_open()
         with self._lock:
             selected = [e for e in self._log[after:] if not types or e.type in types]
-        return selected if limit is None else selected[:limit]
+        return [_copy(e) for e in (selected if limit is None else selected[:limit])]
 
     def query(
         self,
@@ -40,16 +44,18 @@ class MemoryEventStore(EventStore):
         *,
         where: Mapping[str, Any] | None = None,
         ranges: Mapping[str, Range] | None = None,
-        order_by: str | None = None,
+        order_by: str | Sequence[str] | None = None,
         desc: bool = False,
         limit: int | None = None,
     ) -> list[Row]:
         self._check_open()
         spec = self.table(table)
+        order = [order_by] if isinstance(order_by, str) else list(order_by or ())
+        _check_columns(spec, [*(where or {}), *(ranges or {}), *order])
         with self._lock:
             rows = [dict(r) for r in self._rows[spec.name].values() if _matches(r, where or {}, ranges or {})]
-        if order_by is not None:
-            rows.sort(key=lambda r: (r[order_by] is not None, r[order_by]), reverse=desc)
+        if order:
+            rows.sort(key=lambda r: [(r[c] is not None, r[c]) for c in order], reverse=desc)
         return rows if limit is None else rows[:limit]
 
     @contextmanager
@@ -67,7 +73,11 @@ class MemoryEventStore(EventStore):
         return self._keys.get(key)
 
     def _write(self, plan: Plan) -> None:
-        for entry in plan.entries:
+        # Refuse what SQLite would refuse before changing anything: there is no rollback here.
+        entries = [attrs.evolve(e, data=_json_copy(e.data)) for e in plan.entries]
+        for change in plan.changes:
+            _check_change(self.table(change.table), change)
+        for entry in entries:
             self._log.append(entry)
             self._streams.setdefault(entry.stream, []).append(entry)
         for change in plan.changes:
@@ -83,6 +93,29 @@ class MemoryEventStore(EventStore):
 
     def _replace_tables(self, tables: dict[str, dict[tuple[Any, ...], Row]]) -> None:
         self._rows = {name: {k: dict(r) for k, r in rows.items()} for name, rows in tables.items()}
+
+
+def _copy(entry: Entry) -> Entry:
+    return attrs.evolve(entry, data=copy.deepcopy(entry.data))
+
+
+def _json_copy(data: Any) -> Any:
+    """The data as the SQLite backend would read it back; TypeError or ValueError if it is not JSON."""
+    return json.loads(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def _check_columns(table: Table, columns: Sequence[str]) -> None:
+    for column in columns:
+        if column not in table.columns:
+            raise KeyError(f"table {table.name!r} has no column {column!r}; columns: {sorted(table.columns)}")
+
+
+def _check_change(table: Table, change: Change) -> None:
+    row = change.row if isinstance(change, Upsert) else change.key
+    _check_columns(table, list(row))
+    missing = [c for c in table.key if c not in row]
+    if missing:
+        raise KeyError(f"a change to {table.name!r} lacks key columns {missing}")
 
 
 def _matches(row: Row, where: Mapping[str, Any], ranges: Mapping[str, Range]) -> bool:

@@ -22,11 +22,12 @@ from typing import Any, Literal
 import sqlite_utils
 
 from eventstore.base import EventStore, KeyRecord, Plan, Range
-from eventstore.errors import StorageError
+from eventstore.errors import StorageError, StoreBusyError
 from eventstore.projections import Change, Delete, Projector, Row, Table, Upsert
 from eventstore.records import Entry
 
 Synchronous = Literal["FULL", "NORMAL", "OFF", "EXTRA"]
+_SYNCHRONOUS_MODES = ("FULL", "NORMAL", "OFF", "EXTRA")
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
@@ -41,17 +42,25 @@ class SqliteEventStore(EventStore):
         projector: Projector | None = None,
         *,
         synchronous: Synchronous = "FULL",
+        read_only: bool = False,
     ) -> None:
         super().__init__(projector)
+        if str(synchronous).upper() not in _SYNCHRONOUS_MODES:
+            # SQLite would take an unknown mode silently as NORMAL.
+            raise ValueError(f"synchronous={synchronous!r}: expected one of {', '.join(_SYNCHRONOUS_MODES)}")
         self.path = str(path)
         self.synchronous = synchronous
+        self.read_only = read_only
         self._broken: StorageError | None = None
         self._write_lock = threading.Lock()
         self._readers = threading.local()
         self._all_connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        if read_only and not Path(self.path).is_file():
+            raise StorageError(f"cannot open {self.path} read-only: no such file")
         self._writer = self._connect()
-        self._create_schema()
+        if not read_only:
+            self._create_schema()
         # Stream versions and the last position, as this writer last committed them. Valid while
         # no other connection has committed, which PRAGMA data_version tells at each BEGIN.
         self._versions: dict[str, int] = {}
@@ -64,10 +73,16 @@ class SqliteEventStore(EventStore):
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            if self.read_only:
+                uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA query_only = ON")
+            else:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         except sqlite3.Error as error:
             raise StorageError(f"cannot open {self.path}: {error}") from error
         with self._connections_lock:
@@ -129,11 +144,17 @@ class SqliteEventStore(EventStore):
     def _transaction(self) -> Iterator[None]:
         if self._broken is not None:
             raise StorageError(f"the store is broken by an earlier failure: {self._broken}")
+        if self.read_only:
+            raise StorageError(f"{self.path} is open read-only")
         with self._write_lock:
             conn = self._writer
+            self._begin(conn)
             with self._translated("begin a transaction"):
-                conn.execute("BEGIN IMMEDIATE")
-                self._check_cache()
+                try:
+                    self._check_cache()
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
             try:
                 yield
                 conn.execute("COMMIT")
@@ -149,6 +170,27 @@ class SqliteEventStore(EventStore):
                 raise
             finally:
                 self._committing = None
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                raise StoreBusyError(
+                    f"{self.path} is locked by another connection (waited {BUSY_TIMEOUT_MS / 1000:g} s); nothing was written"
+                ) from error
+            raise StorageError(f"SQLite failed to begin a transaction in {self.path}: {error}") from error
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        # A deferred transaction reads one consistent snapshot and, in WAL mode, blocks no writer.
+        with self._write_lock:
+            with self._translated("read a snapshot"):
+                self._writer.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._rollback()
 
     def _check_cache(self) -> None:
         data_version = self._writer.execute("PRAGMA data_version").fetchone()[0]
@@ -239,6 +281,18 @@ class SqliteEventStore(EventStore):
 
     # -- reading -----------------------------------------------------------------------------
 
+    def stream_version(self, stream: str) -> int:
+        # Read committed state: the writer's cache may be stale (another store committed since its
+        # last BEGIN) and the writer connection may be inside an uncommitted transaction.
+        with self._translated("read a stream version"):
+            row = self._reader().execute("SELECT max(version) FROM log WHERE stream = ?", (stream,)).fetchone()
+        return int(row[0] or 0)
+
+    def last_position(self) -> int:
+        with self._translated("read the last position"):
+            row = self._reader().execute("SELECT max(position) FROM log").fetchone()
+        return int(row[0] or 0)
+
     def read_stream(self, stream: str, *, after: int = 0) -> list[Entry]:
         with self._translated("read a stream"):
             rows = self._reader().execute(
@@ -268,7 +322,7 @@ class SqliteEventStore(EventStore):
         *,
         where: Mapping[str, Any] | None = None,
         ranges: Mapping[str, Range] | None = None,
-        order_by: str | None = None,
+        order_by: str | Sequence[str] | None = None,
         desc: bool = False,
         limit: int | None = None,
     ) -> list[Row]:
@@ -277,9 +331,12 @@ class SqliteEventStore(EventStore):
         sql = f"SELECT * FROM [{spec.name}]"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        if order_by is not None:
-            _check_column(spec, order_by)
-            sql += f" ORDER BY [{order_by}] IS NOT NULL {'DESC' if desc else ''}, [{order_by}] {'DESC' if desc else ''}"
+        order = [order_by] if isinstance(order_by, str) else list(order_by or ())
+        if order:
+            direction = " DESC" if desc else ""
+            for column in order:
+                _check_column(spec, column)
+            sql += " ORDER BY " + ", ".join(f"[{c}] IS NOT NULL{direction}, [{c}]{direction}" for c in order)
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -335,6 +392,9 @@ def _delete_sql(table: Table) -> str:
 def _upsert_statement(table: Table, columns: tuple[str, ...]) -> str:
     for column in columns:
         _check_column(table, column)
+    missing = [c for c in table.key if c not in columns]
+    if missing:
+        raise KeyError(f"an upsert into {table.name!r} lacks key columns {missing}")
     updates = [c for c in columns if c not in table.key]
     sql = (
         f"INSERT INTO [{table.name}] ({', '.join(f'[{c}]' for c in columns)})"

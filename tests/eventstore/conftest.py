@@ -4,7 +4,7 @@ tamper with a live projection table behind the store's back."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ class ItemsProjector:
     bad.key       upserts a row without its key column
     """
 
-    tables = (ITEMS, LINES)
+    tables: Sequence[Table] = (ITEMS, LINES)
 
     def project(self, entry: Entry) -> Iterable[Change]:
         data = entry.data
@@ -141,3 +141,8 @@ class Tamper:
 @pytest.fixture
 def tamper(store: EventStore) -> Tamper:
     return Tamper(store)
+
+
+@pytest.fixture
+def items_projector() -> ItemsProjector:
+    return ItemsProjector()
