@@ -13,7 +13,6 @@ Every use of steplog's API is in this module, in the "API" section below: fix it
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -34,8 +33,6 @@ EVENT_W1 = "bench/w1"
 EVENT_W2 = "bench/w2"
 EVENT_W3 = "bench/w3"
 RESULT_TIMEOUT_S = wl.RUN_TIMEOUT_S
-HANDLE_TIMEOUT_S = 30.0
-HANDLE_POLL_S = 0.0002
 
 
 # --------------------------------------------------------------------------- API (steplog contract)
@@ -50,10 +47,9 @@ def _two() -> int:
 
 
 def _event_data(ctx: steplog.Context) -> dict[str, Any]:
-    """``ctx.event.data`` (Inngest's shape); tolerate an event given as a plain dict."""
+    """``ctx.event.data``, as in Inngest's SDK."""
     event = ctx.event
-    data = event["data"] if isinstance(event, dict) else event.data
-    return dict(data)
+    return dict(event.data)
 
 
 def make_client(db_dir: Path) -> steplog.Steplog:
@@ -92,14 +88,9 @@ def send(client: steplog.Steplog, name: str, datas: list[dict[str, Any]]) -> lis
 def result_of(client: steplog.Steplog, event_id: str) -> Any:
     """Wait for the (single) run triggered by ``event_id`` and return its output.
 
-    If the run is created asynchronously after the send commits, poll briefly for it: that wait is
-    part of send-to-result latency and is measured.
+    A send commits the event and the runs it starts together, so the run is there at once.
     """
-    deadline = wl.now() + HANDLE_TIMEOUT_S
     handles = client.runs_for_event(event_id)
-    while not handles and wl.now() < deadline:
-        time.sleep(HANDLE_POLL_S)
-        handles = client.runs_for_event(event_id)
     if len(handles) != 1:
         raise RuntimeError(f"event {event_id}: expected 1 run, found {len(handles)}")
     return handles[0].result(timeout=RESULT_TIMEOUT_S)
