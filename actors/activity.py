@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
+
+RECENT_OUTCOMES = 10_000
 
 
 class Activity:
@@ -14,6 +18,7 @@ class Activity:
         self._condition = threading.Condition()
         self._in_flight = 0
         self._failure: BaseException | None = None
+        self._outcomes: OrderedDict[str, Any] = OrderedDict()
 
     def begin(self, count: int = 1) -> None:
         with self._condition:
@@ -23,6 +28,18 @@ class Activity:
         with self._condition:
             self._in_flight -= count
             self._condition.notify_all()
+
+    def run_finished(self, run_id: str, outcome: Any) -> None:
+        """Remember a run's final outcome (the latest few thousand) and wake its waiters."""
+        with self._condition:
+            self._outcomes[run_id] = outcome
+            if len(self._outcomes) > RECENT_OUTCOMES:
+                self._outcomes.popitem(last=False)
+            self._condition.notify_all()
+
+    def outcome(self, run_id: str) -> Any:
+        """The final outcome of a run that ended in this process, if it is still remembered."""
+        return self._outcomes.get(run_id)
 
     def changed(self) -> None:
         """Wake every waiter (a run ended, or the engine failed)."""

@@ -33,12 +33,20 @@ class RunHandle:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the run has ended; False if ``timeout`` seconds passed first."""
-        return self.client._wait_until(lambda: self.status in FINISHED, timeout)
+        return self.client._wait_until(self._ended, timeout)
+
+    def _ended(self) -> bool:
+        return self.client._outcome(self.run_id) is not None or self.status in FINISHED
 
     def result(self, timeout: float | None = None) -> Any:
         """The run's output once it completes; RunFailedError if it failed, TimeoutError if it is still going."""
         if not self.wait(timeout):
             raise TimeoutError(f"run {self.run_id} has not ended after {timeout} s (status {self.status})")
+        outcome = self.client._outcome(self.run_id)
+        if outcome is not None:
+            if outcome.status != "completed":
+                raise RunFailedError(self.run_id, outcome.error or {}, outcome.status)
+            return outcome.output
         info = self.info()
         if info["status"] != "completed":
             raise RunFailedError(self.run_id, info.get("error") or {}, info["status"])

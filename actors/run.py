@@ -21,6 +21,7 @@ import pykka
 
 from engine import Engine
 from engine.state import RunState
+from actors.activity import Activity
 from actors.messages import RunCrashed, RunEnded
 
 
@@ -38,10 +39,11 @@ class RunWorker(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, engine: Engine, pool: WorkerPool) -> None:
+    def __init__(self, engine: Engine, pool: WorkerPool, activity: Activity) -> None:
         super().__init__()
         self._engine = engine
         self._pool = pool
+        self._activity = activity
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ExecuteRun):
@@ -55,16 +57,20 @@ class RunWorker(pykka.ThreadingActor):
         except BaseException as error:  # noqa: BLE001 - even SystemExit from user code must not stop every actor
             message.supervisor.tell(RunCrashed(message.run_id, error))
             return
+        if outcome.wake_at is None:
+            # Tell waiters at once; the supervisor's bookkeeping follows.
+            self._activity.run_finished(message.run_id, outcome)
         message.supervisor.tell(RunEnded(message.run_id, outcome))
 
 
 class WorkerPool:
     """Hands invocations to idle workers, starting workers on demand up to ``max_workers``."""
 
-    def __init__(self, engine: Engine, max_workers: int) -> None:
+    def __init__(self, engine: Engine, activity: Activity, max_workers: int) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self._engine = engine
+        self._activity = activity
         self._max_workers = max_workers
         self._lock = threading.Lock()
         self._idle: list[pykka.ActorRef[RunWorker]] = []
@@ -75,7 +81,7 @@ class WorkerPool:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
             if worker is None and len(self.workers) < self._max_workers:
-                worker = RunWorker.start(self._engine, self)
+                worker = RunWorker.start(self._engine, self, self._activity)
                 self.workers.append(worker)
             if worker is None:
                 self._backlog.append(message)

@@ -143,7 +143,7 @@ class Steplog:
         )
         self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
         timer = TimerActor.start(self.clock, self._activity, self._supervisors)
-        self._pool = WorkerPool(self._engine, self._max_workers)
+        self._pool = WorkerPool(self._engine, self._activity, self._max_workers)
         for function in self.registry.all():
             self._supervisors[function.id] = FunctionSupervisor.start(
                 function.id, self._engine, timer, self._pool, self._activity, self._storage_failed, self._max_active
@@ -255,6 +255,9 @@ class Steplog:
     def runs_for_event(self, event_id: str) -> list[RunHandle]:
         """Handles on the runs an event started."""
         return [RunHandle(self, row["run_id"]) for row in self.store.query("runs", where={"event_id": event_id})]
+
+    def _outcome(self, run_id: str) -> Any:
+        return self._activity.outcome(run_id) if self._started else None
 
     def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
         if not self._started:
