@@ -25,6 +25,8 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
+from engine.errors import StepError
+
 EVENT_RECEIVED = "event.received"
 EVENT_DUPLICATE = "event.duplicate"
 RUN_SCHEDULED = "run.scheduled"
@@ -59,6 +61,8 @@ def stream_id(stream: str) -> str:
 def error_info(error: BaseException, *, with_stack: bool = True) -> ErrorInfo:
     """An exception as recorded: its class name, message and formatted stack."""
     message = getattr(error, "message", None)
+    if isinstance(error, StepError):
+        message = f"step {error.step_id!r} failed: {error.name}: {error.message}"
     if not isinstance(message, str) or not message:
         try:
             message = str(error)

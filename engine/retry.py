@@ -59,7 +59,10 @@ class RetryPolicy:
         if isinstance(error, NonRetriableError) or failures > self.retries:
             return None
         if isinstance(error, RetryAfterError):
-            return _retry_after(error, now)
+            try:
+                return _retry_after(error, now)
+            except ValueError:
+                pass  # an unreadable retry_after falls back to the backoff table, as a plain error would
         delay = self.backoff[min(failures - 1, len(self.backoff) - 1)]
         if self.jitter > timedelta(0):
             delay += timedelta(seconds=rng.uniform(0, self.jitter.total_seconds()))

@@ -58,7 +58,7 @@ def compile_trigger(trigger: object, fn_id: str) -> CompiledTrigger:
 def _split_pattern(pattern: str, fn_id: str) -> tuple[str | None, str | None]:
     if "*" not in pattern:
         return pattern, None
-    if pattern.count("*") > 1 or not pattern.endswith("*") or (len(pattern) > 1 and pattern[-2] not in "/."):
+    if pattern.count("*") > 1 or not pattern.endswith("*") or len(pattern) < 2 or pattern[-2] not in "/.":
         raise DefinitionError(
             f"function {fn_id!r}: trigger {pattern!r}: a wildcard '*' may only end the name,"
             " right after '/' or '.' (like 'app/*' or 'app/user.*')"

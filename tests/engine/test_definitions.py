@@ -173,7 +173,13 @@ def test_cel_that_is_not_boolean() -> None:
 
 @pytest.mark.parametrize(
     ("retries", "problem"),
-    [(21, "retries must be from 0 to 20, got 21"), (-1, "got -1"), (True, "integer"), ("4", "integer"), (2.5, "integer")],
+    [
+        (21, "retries must be from 0 to 20, got 21"),
+        (-1, "got -1"),
+        (True, "integer"),
+        ("4", "integer"),
+        (2.5, "integer"),
+    ],
 )
 def test_bad_retries(retries: object, problem: str) -> None:
     with pytest.raises(DefinitionError) as raised:

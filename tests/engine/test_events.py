@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from eventstore import EventStore, MemoryEventStore
 from engine import (
     Context,
     Engine,
@@ -24,6 +23,7 @@ from engine import (
 )
 from engine import records as r
 from engine.events import MAX_NAME_LENGTH
+from eventstore import EventStore, MemoryEventStore
 
 
 def make_engine(store: EventStore, clock: ManualClock, *functions: FunctionDef, limits: Limits | None = None) -> Engine:
@@ -136,9 +136,12 @@ def test_one_event_starts_a_function_once_when_several_triggers_match(clock: Man
 
 
 def test_trigger_expression_filters(clock: ManualClock, store: EventStore) -> None:
-    function = echo("big", TriggerEvent(event="shop/order", expression="event.data.total >= 100 && event.name == 'shop/order'"))
+    condition = "event.data.total >= 100 && event.name == 'shop/order'"
+    function = echo("big", TriggerEvent(event="shop/order", expression=condition))
     engine = make_engine(store, clock, function)
-    small, big = engine.send([{"name": "shop/order", "data": {"total": 5}}, {"name": "shop/order", "data": {"total": 250}}])
+    small, big = engine.send(
+        [{"name": "shop/order", "data": {"total": 5}}, {"name": "shop/order", "data": {"total": 250}}]
+    )
     assert queries.list_runs(store, event_id=small) == []
     assert len(queries.list_runs(store, event_id=big)) == 1
     assert received_entry(store, small)["trigger_errors"] == []
@@ -338,3 +341,20 @@ def test_context_event_events_run_id_attempt(clock: ManualClock, store: EventSto
     assert seen["function_id"] == "f"
     assert callable(seen["step"].run)
     assert hasattr(seen["logger"], "info")
+
+
+def test_the_log_keeps_the_event_as_sent_whatever_the_caller_does_later(
+    run_store: EventStore, clock: ManualClock
+) -> None:
+    seen: list[Any] = []
+    engine = make_engine(run_store, clock, define_function(
+        lambda ctx: seen.append(ctx.event.data), fn_id="f", trigger=TriggerEvent(event="app/x")))
+    data: dict[str, Any] = {"items": [1], "pair": (1, 2)}
+    [event_id] = engine.send({"name": "app/x", "data": data})
+    data["items"].append("changed after send")
+    data["late"] = True
+    engine.run_until_idle()
+    assert seen == [{"items": [1], "pair": [1, 2]}]
+    [event] = queries.list_events(run_store)
+    assert event["data"] == {"items": [1], "pair": [1, 2]}
+    assert received_entry(run_store, event_id)["event"]["data"] == {"items": [1], "pair": [1, 2]}

@@ -241,7 +241,7 @@ def model(plan: FunctionPlan, n: int) -> Expected:
                 error = ("NonRetriableError", final_message(key, attempt))
             expected.memo[key] = ("error", error)
             if not step.caught:
-                return fail(("StepError", error[1]))
+                return fail(("StepError", f"step {key!r} failed: {error[0]}: {error[1]}"))
             results.append({"caught": key, "name": error[0]})
             break
     if plan.outer_at == len(plan.steps) and (error := outer()) is not None:
@@ -646,7 +646,8 @@ def test_the_model_covers_each_kind_of_ending() -> None:
 
     plan = FunctionPlan((doomed, ok), retries=1, outer_at=0, outer_failures=0, outer_nonretriable=False, is_async=True)
     expected = model(plan, 1)
-    assert expected.status == "failed" and expected.error == ("StepError", retriable_message("b", 1))
+    message = f"step 'b' failed: RetryAfterError: {retriable_message('b', 1)}"
+    assert expected.status == "failed" and expected.error == ("StepError", message)
     assert expected.memo == {"b": ("error", ("RetryAfterError", retriable_message("b", 1)))}
     assert expected.attempts == {("b", 0), ("b", 1)}
 

@@ -70,7 +70,7 @@ def model_changes(stream: str, version: int, position: int, type_: str, data: di
     return changes
 
 
-# Lone surrogates are left out: SQLite cannot encode them (see test_contract's JSON tests).
+# Lone surrogates are left out: they are refused (see test_contract's non-JSON test).
 text = st.text(st.characters(exclude_categories=["Cs"]), max_size=4)
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), text)
 json_data = st.dictionaries(
@@ -80,7 +80,7 @@ json_data = st.dictionaries(
 )
 new_entries = st.lists(st.builds(NewEntry, st.sampled_from(TYPES), json_data), min_size=0, max_size=3)
 # How an expected version is chosen, relative to the model at the time of the step:
-# None, the stream's current version ("right"), a stale one, or "must not exist".
+# None, the stream's current version ("right"), a stale one, "must not exist" (0), or one ahead.
 expectations = st.sampled_from([None, "right", "right", "stale", 0, "ahead"])
 write_specs = st.tuples(st.sampled_from(STREAMS), new_entries, expectations)
 store_index = st.integers(0, 1)  # which store commits (the SQLite machine has two on one file)

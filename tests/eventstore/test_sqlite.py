@@ -435,3 +435,81 @@ def test_an_in_memory_database_works(items_projector: Any, now: datetime) -> Non
         assert store.stream_version("s") == 1 and store.last_position() == 1
     finally:
         store.close()
+
+
+# -- read-only stores --------------------------------------------------------------------------------
+
+
+def test_a_read_only_store_reads_and_refuses_writes(
+    open_store: Callable[..., SqliteEventStore], db_path: Path, now: datetime
+) -> None:
+    writer = open_store()
+    writer.append("i", [item("i1", qty=1)], now=now)
+    reader = open_store(read_only=True)
+    assert [(e.stream, e.version) for e in reader.read_all()] == [("i", 1)]
+    assert reader.query("items", where={"qty": 1})[0]["id"] == "i1"
+
+    # It sees what the writer commits later.
+    writer.append("i", [item("i2", qty=2)], now=now)
+    assert reader.stream_version("i") == 2 and reader.last_position() == 2
+    assert sorted(r["id"] for r in reader.query("items")) == ["i1", "i2"]
+
+    for write in (
+        lambda: reader.append("i", [item("i3")], now=now),
+        lambda: reader.commit([Append((StreamWrite("j", (NewEntry("x"),)),))], now=now),
+        lambda: reader.rebuild_projections(apply=True),
+    ):
+        with pytest.raises(StorageError, match="read-only"):
+            write()
+    assert writer.last_position() == 2
+    # Refusing a write does not break it, nor the writer.
+    assert reader.rebuild_projections(apply=False) == []
+    writer.append("i", [item("i3")], now=now, expected_version=2)
+    assert reader.last_position() == 3
+
+
+def test_a_read_only_store_reports_tampered_rows(
+    open_store: Callable[..., SqliteEventStore], db_path: Path, now: datetime
+) -> None:
+    writer = open_store()
+    writer.append("i", [item("i1", qty=1)], now=now)
+    reader = open_store(read_only=True)
+    conn = raw(db_path)
+    try:
+        conn.execute("UPDATE items SET qty = 5 WHERE id = 'i1'")
+    finally:
+        conn.close()
+    [difference] = reader.rebuild_projections(apply=False)
+    assert difference.live is not None and difference.rebuilt is not None
+    assert (difference.table, difference.key) == ("items", ("i1",))
+    assert (difference.live["qty"], difference.rebuilt["qty"]) == (5, 1)
+    assert writer.rebuild_projections(apply=True) == [difference]
+    assert reader.rebuild_projections(apply=False) == []
+
+
+def test_a_read_only_store_needs_an_existing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    with pytest.raises(StorageError, match="no such file"):
+        SqliteEventStore(missing, read_only=True)
+    assert not missing.exists()
+
+
+def test_checking_projections_does_not_take_the_write_lock(
+    db_path: Path, items_projector: Any, monkeypatch: pytest.MonkeyPatch, now: datetime
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 0)  # a wait for the lock would fail at once
+    store = SqliteEventStore(db_path, items_projector)
+    try:
+        store.append("i", [item("i1", qty=1)], now=now)
+        other = raw(db_path)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            assert store.rebuild_projections(apply=False) == []
+            with pytest.raises(StoreBusyError):
+                store.rebuild_projections(apply=True)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert store.rebuild_projections(apply=True) == []
+    finally:
+        store.close()
