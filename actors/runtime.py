@@ -225,7 +225,11 @@ class Steplog:
         self._check_running()
         reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
         self._router.tell(Send(events, reply))
-        return list(reply.get().ids)
+        try:
+            accepted = reply.get()
+        except StorageError as error:
+            raise EngineStoppedError(f"the engine stopped because the store failed: {error}") from error
+        return list(accepted.ids)
 
     send_sync = send
 

@@ -174,8 +174,8 @@ class SqliteEventStore(EventStore):
     def _begin(self, conn: sqlite3.Connection) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as error:
-            if "locked" in str(error) or "busy" in str(error):
+        except sqlite3.Error as error:
+            if isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error)):
                 raise StoreBusyError(
                     f"{self.path} is locked by another connection (waited {BUSY_TIMEOUT_MS / 1000:g} s); nothing was written"
                 ) from error
