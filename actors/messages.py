@@ -6,10 +6,43 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import threading
+
 import attrs
 import pykka
 
 from eventstore import Append
+
+
+class Reply:
+    """A one-shot answer that one thread waits for and another gives.
+
+    Lighter than a pykka future (which builds a queue.Queue per answer): a plain lock, taken at
+    creation and released by the answer. Every step commit waits on one of these.
+    """
+
+    __slots__ = ("_lock", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set(self, value: Any) -> None:
+        self._value = value
+        self._lock.release()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._lock.release()
+
+    def get(self, timeout: float | None = None) -> Any:
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"no answer after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 @attrs.frozen
@@ -17,7 +50,7 @@ class Commit:
     """Writer: record these appends in the next group commit, then answer on ``reply``."""
 
     appends: Sequence[Append]
-    reply: pykka.Future[Any]
+    reply: Reply
 
 
 @attrs.frozen

@@ -45,8 +45,8 @@ from actors.timer import Ticker, TimerActor
 from actors.writer import StoreWriter, commit_through
 
 log = logging.getLogger("steplog")
-DEFAULT_MAX_ACTIVE = 64
-DEFAULT_MAX_WORKERS = 64
+DEFAULT_MAX_ACTIVE = 256
+DEFAULT_MAX_WORKERS = 256
 
 
 class Steplog:

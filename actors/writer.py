@@ -13,7 +13,6 @@ unknown, and retrying in place can lose or duplicate writes).
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ import pykka
 
 from eventstore import EventStore, StorageError, StoreBusyError
 from engine.clock import Clock
-from actors.messages import Commit
+from actors.messages import Commit, Reply
 
 log = logging.getLogger("steplog.writer")
 BUSY_ATTEMPTS = 12
@@ -86,10 +85,7 @@ class StoreWriter(pykka.ThreadingActor):
 
     def _fail(self, pending: list[Commit], error: Exception) -> None:
         for request in pending:
-            try:
-                raise error
-            except Exception:
-                request.reply.set_exception(sys.exc_info())
+            request.reply.fail(error)
         if isinstance(error, StorageError):
             self._on_storage_failure(error)
 
@@ -98,7 +94,7 @@ def commit_through(writer: pykka.ActorRef[StoreWriter], timeout: float | None = 
     """A committer for the engine that sends appends to the writer and waits for the commit."""
 
     def commit(appends: Any) -> Any:
-        reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        reply = Reply()
         writer.tell(Commit(list(appends), reply))
         return reply.get(timeout=timeout)
 

@@ -92,3 +92,29 @@ def diff_tables(table: Table, live: Iterable[Row], rebuilt: Iterable[Row]) -> li
         if left != right:
             differences.append(Difference(table.name, key, left, right))
     return differences
+
+
+def coalesce(tables: dict[str, Table], changes: Iterable[Change]) -> tuple[list[Delete], list[Upsert]]:
+    """The net effect of changes applied in order, as deletes to run first and then upserts.
+
+    Each key ends up in at most one delete and one upsert, so a backend can run each kind in a
+    few batched statements instead of one statement per change.
+    """
+    deleted: dict[tuple[str, tuple[Any, ...]], Row] = {}
+    upserted: dict[tuple[str, tuple[Any, ...]], Row] = {}
+    for change in changes:
+        table = tables[change.table]
+        row = change.row if isinstance(change, Upsert) else change.key
+        missing = [c for c in table.key if c not in row]
+        if missing:
+            raise KeyError(f"a change to {table.name!r} lacks key columns {missing}")
+        slot = (table.name, key_of(table, row))
+        if isinstance(change, Upsert):
+            upserted[slot] = {**upserted[slot], **change.row} if slot in upserted else dict(change.row)
+        else:
+            upserted.pop(slot, None)
+            deleted[slot] = {c: change.key[c] for c in table.key}
+    return (
+        [Delete(name, key) for (name, _), key in deleted.items()],
+        [Upsert(name, row) for (name, _), row in upserted.items()],
+    )

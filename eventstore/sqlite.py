@@ -23,7 +23,7 @@ import sqlite_utils
 
 from eventstore.base import EventStore, KeyRecord, Plan, Range
 from eventstore.errors import StorageError, StoreBusyError
-from eventstore.projections import Change, Delete, Projector, Row, Table, Upsert
+from eventstore.projections import Change, Delete, Projector, Row, Table, Upsert, coalesce
 from eventstore.records import Entry
 
 Synchronous = Literal["FULL", "NORMAL", "OFF", "EXTRA"]
@@ -255,18 +255,14 @@ class SqliteEventStore(EventStore):
         )
 
     def _apply_changes(self, conn: sqlite3.Connection, changes: Sequence[Change]) -> None:
-        """Apply changes in order, batching consecutive changes that share one statement."""
-        batch_sql: str | None = None
-        batch: list[list[Any]] = []
-        for change in changes:
+        """Apply the net effect of the changes: each statement once, with all its rows."""
+        deletes, upserts = coalesce(self._tables, changes)
+        batches: dict[str, list[list[Any]]] = {}
+        for change in [*deletes, *upserts]:
             sql, params = self._change_sql(change)
-            if sql != batch_sql and batch:
-                conn.executemany(batch_sql, batch)  # type: ignore[arg-type]
-                batch = []
-            batch_sql = sql
-            batch.append(params)
-        if batch:
-            conn.executemany(batch_sql, batch)  # type: ignore[arg-type]
+            batches.setdefault(sql, []).append(params)
+        for sql, rows in batches.items():  # dicts keep insertion order: every delete runs first
+            conn.executemany(sql, rows)
 
     def _change_sql(self, change: Change) -> tuple[str, list[Any]]:
         table = self.table(change.table)
