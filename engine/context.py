@@ -47,7 +47,7 @@ class _StepCore:
 
     def _begin(self, step_id: str) -> tuple[str, Any, bool]:
         if not isinstance(step_id, str) or not step_id:
-            raise ValueError(f"a step id must be a non-empty string, got {step_id!r}")
+            raise self._invocation.abort("StepIdError", f"a step id must be a non-empty string, got {step_id!r}")
         key = self._keys.next(step_id)
         record = self._invocation.memoized(key, RUN_KIND)
         if record is not None:

@@ -130,6 +130,10 @@ class Invocation:
         self.memo_hits += 1
         return record
 
+    def abort(self, name: str, message: str) -> BaseException:
+        """An interrupt that fails the run now: for misuse that no retry can fix."""
+        return self._interrupted(_Abort({"name": name, "message": message, "stack": None}))
+
     def check_step_limit(self) -> None:
         if self.in_step:
             nested = {"name": "NestedStepError", "message": "steps cannot run inside a step body", "stack": None}

@@ -378,12 +378,14 @@ def test_a_step_id_must_be_a_non_empty_string(clock: ManualClock, store: EventSt
     def handler(ctx: Context) -> Any:
         return ctx.step.run(step_id, lambda: 1)
 
-    engine = make_engine(store, clock, define(handler, retries=0))
+    engine = make_engine(store, clock, define(handler))  # default retries: misuse is not retried
     run_id = start_one(engine)
     engine.run_until_idle()
     run = queries.get_run(store, run_id)
     assert run["status"] == "failed"
+    assert run["error"]["name"] == "StepIdError"
     assert "a step id must be a non-empty string" in run["error"]["message"]
+    assert store.query("timers") == []
 
 
 # -- JSON only --------------------------------------------------------------------------------------
