@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from engine import RunFailedError
-from engine import queries
+from engine import RunFailedError, queries
 
 if TYPE_CHECKING:
     from actors.runtime import Steplog

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import threading
-
 import attrs
-import pykka
 
 from eventstore import Append
 
@@ -21,7 +19,7 @@ class Reply:
     creation and released by the answer. Every step commit waits on one of these.
     """
 
-    __slots__ = ("_lock", "_value", "_error")
+    __slots__ = ("_error", "_lock", "_value")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

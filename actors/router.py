@@ -9,11 +9,11 @@ from typing import Any
 import attrs
 import pykka
 
+from actors.activity import Activity
+from actors.messages import StartRun
 from engine import Engine
 from engine.routing import ScheduledRun
 from engine.state import RunState
-from actors.activity import Activity
-from actors.messages import StartRun
 
 
 @attrs.frozen

@@ -19,10 +19,10 @@ from typing import Any
 import attrs
 import pykka
 
-from engine import Engine
-from engine.state import RunState
 from actors.activity import Activity
 from actors.messages import RunCrashed, RunEnded
+from engine import Engine
+from engine.state import RunState
 
 
 @attrs.frozen

@@ -18,7 +18,15 @@ from typing import Any
 
 import pykka
 
-from eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
+from actors.activity import Activity
+from actors.errors import EngineStoppedError
+from actors.handle import RunHandle
+from actors.messages import Arm, StartRun, Tick
+from actors.router import EventRouter, Send
+from actors.run import WorkerPool
+from actors.supervisor import FunctionSupervisor
+from actors.timer import Ticker, TimerActor
+from actors.writer import StoreWriter, commit_through
 from engine import (
     Clock,
     Engine,
@@ -34,15 +42,7 @@ from engine import (
     queries,
 )
 from engine.service import EventInput
-from actors.activity import Activity
-from actors.errors import EngineStoppedError
-from actors.handle import RunHandle
-from actors.messages import Arm, StartRun, Tick
-from actors.router import EventRouter, Send
-from actors.run import WorkerPool
-from actors.supervisor import FunctionSupervisor
-from actors.timer import Ticker, TimerActor
-from actors.writer import StoreWriter, commit_through
+from eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
 
 log = logging.getLogger("steplog")
 DEFAULT_MAX_ACTIVE = 256
@@ -158,7 +158,10 @@ class Steplog:
 
     def _start_clock(self, timer: pykka.ActorRef[TimerActor]) -> None:
         if isinstance(self.clock, ManualClock):
-            self._cleanup.append(self.clock.subscribe(lambda _now: timer.ask(Tick())))
+            def tick(_now: datetime) -> None:
+                timer.ask(Tick())
+
+            self._cleanup.append(self.clock.subscribe(tick))
             return
         ticker = Ticker(self.clock, timer)
         timer.proxy().attach_ticker(ticker).get()

@@ -14,14 +14,14 @@ from typing import Any
 
 import pykka
 
-from eventstore import StorageError
+from actors.activity import Activity
+from actors.messages import Arm, RunCrashed, RunEnded, StartRun
+from actors.run import ExecuteRun, WorkerPool
 from engine import Engine
 from engine.invocation import Outcome
 from engine.service import StaleRunError
 from engine.state import RunState
-from actors.activity import Activity
-from actors.messages import Arm, RunCrashed, RunEnded, StartRun
-from actors.run import ExecuteRun, WorkerPool
+from eventstore import StorageError
 
 MAX_RESTARTS = 3
 log = logging.getLogger("steplog.supervisor")
@@ -58,7 +58,7 @@ class FunctionSupervisor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         try:
             self._handle(message)
-        except Exception:  # noqa: BLE001 - a supervisor that dies would strand every run of its function
+        except Exception:
             log.exception("supervisor of %r failed on %r", self._function_id, message)
         return None
 

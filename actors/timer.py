@@ -15,9 +15,9 @@ from typing import Any
 
 import pykka
 
-from engine.clock import Clock
 from actors.activity import Activity
 from actors.messages import Arm, StartRun, Tick
+from engine.clock import Clock
 
 
 class TimerActor(pykka.ThreadingActor):

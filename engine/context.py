@@ -86,7 +86,7 @@ class Step(_StepCore):
             if inspect.isawaitable(value):
                 value = asyncio.run(_await(value))
             outcome: tuple[bool, Any] = (True, value)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any error of the step body is the step's failure
             outcome = (False, error)
         return self._finish(key, step_id, started, outcome)
 
@@ -105,7 +105,7 @@ class AsyncStep(_StepCore):
             if inspect.isawaitable(value):
                 value = await value
             outcome: tuple[bool, Any] = (True, value)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any error of the step body is the step's failure
             outcome = (False, error)
         return self._finish(key, step_id, started, outcome)
 

@@ -90,7 +90,7 @@ class NonRetriableError(Exception):
 class RetryAfterError(Exception):
     """Raise to retry no sooner than ``retry_after`` (seconds, timedelta, or an aware datetime)."""
 
-    def __init__(self, message: str, retry_after: int | float | timedelta | datetime, *, quiet: bool = False) -> None:
+    def __init__(self, message: str, retry_after: float | timedelta | datetime, *, quiet: bool = False) -> None:
         self.message = message
         self.retry_after = retry_after
         self.quiet = quiet

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -16,8 +16,8 @@ from engine.limits import Limits
 
 MAX_NAME_LENGTH = 256
 RESERVED_PREFIX = "inngest/"
-_MIN_TS = int(datetime(1980, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
-_MAX_TS = int(datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+_MIN_TS = int(datetime(1980, 1, 1, tzinfo=UTC).timestamp() * 1000)
+_MAX_TS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 @attrs.frozen

@@ -20,7 +20,6 @@ from typing import Any, NoReturn
 
 import attrs
 
-from eventstore import NewEntry, format_time
 from engine import records as r
 from engine.clock import Clock
 from engine.errors import NondeterminismError, NonRetriableError, StepError
@@ -29,6 +28,7 @@ from engine.jsonvalues import NotJSONError, encode, size_of
 from engine.limits import Limits
 from engine.records import ErrorInfo, error_info
 from engine.state import RunState, StepRecord
+from eventstore import NewEntry, format_time
 
 Commit = Callable[[Sequence[NewEntry]], None]
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import attrs
 
-from eventstore import Entry, EventStore, format_time
 from engine import records as r
 from engine.errors import RunNotFoundError
+from eventstore import Entry, EventStore, format_time
 
 
 @attrs.frozen

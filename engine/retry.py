@@ -26,7 +26,7 @@ RETRY_AFTER_MAX = timedelta(hours=24)
 def _to_backoff(value: object) -> tuple[timedelta, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(f"backoff must be a non-empty list of durations, got {value!r}")
-    return tuple(parse_duration(item, what="backoff") for item in value)  # type: ignore[arg-type]
+    return tuple(parse_duration(item, what="backoff") for item in value)
 
 
 def _to_jitter(value: object) -> timedelta:
@@ -52,7 +52,7 @@ class RetryPolicy:
     @classmethod
     def fixed(cls, retries: int, delay: Duration, *, jitter: Duration = 0) -> RetryPolicy:
         """The same delay before every retry."""
-        return cls(retries=retries, backoff=(delay,), jitter=jitter)  # type: ignore[arg-type]
+        return cls(retries=retries, backoff=(delay,), jitter=jitter)
 
     def retry_at(self, error: BaseException, failures: int, now: datetime, rng: random.Random) -> datetime | None:
         """When to try again after the ``failures``-th failure (1-based), or None to give up."""

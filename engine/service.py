@@ -15,17 +15,17 @@ from typing import Any
 
 import attrs
 
-from eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite, format_time, parse_time
 from engine import records as r
 from engine.clock import Clock, ManualClock, SystemClock
 from engine.context import make_context
-from engine.events import Event, prepare_events
 from engine.errors import FunctionNotFoundError, RunNotFoundError
-from engine.functions import FunctionDef, FunctionRegistry
+from engine.events import Event, prepare_events
+from engine.functions import FunctionRegistry
 from engine.invocation import Invocation, Outcome
 from engine.limits import Limits
 from engine.routing import ScheduledRun, route
 from engine.state import RunState, fold
+from eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite, format_time, parse_time
 
 Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
 EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]

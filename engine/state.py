@@ -7,9 +7,9 @@ from typing import Any
 
 import attrs
 
-from eventstore import Entry
 from engine import records as r
 from engine.records import ErrorInfo
+from eventstore import Entry
 
 
 @attrs.frozen

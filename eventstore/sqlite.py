@@ -23,7 +23,7 @@ import sqlite_utils
 
 from eventstore.base import EventStore, KeyRecord, Plan, Range
 from eventstore.errors import StorageError, StoreBusyError
-from eventstore.projections import Change, Delete, Projector, Row, Table, Upsert, coalesce
+from eventstore.projections import Change, Projector, Row, Table, Upsert, coalesce
 from eventstore.records import Entry
 
 Synchronous = Literal["FULL", "NORMAL", "OFF", "EXTRA"]
@@ -111,15 +111,16 @@ class SqliteEventStore(EventStore):
     def _create_schema(self) -> None:
         db = sqlite_utils.Database(self._writer)
         with self._translated("create the schema"):
-            db["log"].create(
+            log = db.table("log")
+            log.create(
                 {"position": int, "stream": str, "version": int, "type": str, "data": str, "recorded_at": str},
                 pk="position",
                 not_null={"stream", "version", "type", "data", "recorded_at"},
                 if_not_exists=True,
             )
-            db["log"].create_index(["stream", "version"], unique=True, if_not_exists=True)
-            db["log"].create_index(["type", "position"], if_not_exists=True)
-            db["idempotency_keys"].create(
+            log.create_index(["stream", "version"], unique=True, if_not_exists=True)
+            log.create_index(["type", "position"], if_not_exists=True)
+            db.table("idempotency_keys").create(
                 {"key": str, "position": int, "recorded_ts": float}, pk="key", if_not_exists=True
             )
             for table in self.projector.tables:
@@ -127,9 +128,10 @@ class SqliteEventStore(EventStore):
             self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _create_table(self, db: sqlite_utils.Database, table: Table) -> None:
-        db[table.name].create(dict(table.columns), pk=table.key, if_not_exists=True)
+        created = db.table(table.name)
+        created.create(dict(table.columns), pk=table.key, if_not_exists=True)
         for columns in table.indexes:
-            db[table.name].create_index(list(columns), if_not_exists=True)
+            created.create_index(list(columns), if_not_exists=True)
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -258,7 +260,8 @@ class SqliteEventStore(EventStore):
         """Apply the net effect of the changes: each statement once, with all its rows."""
         deletes, upserts = coalesce(self._tables, changes)
         batches: dict[str, list[list[Any]]] = {}
-        for change in [*deletes, *upserts]:
+        ordered: list[Change] = [*deletes, *upserts]
+        for change in ordered:
             sql, params = self._change_sql(change)
             batches.setdefault(sql, []).append(params)
         for sql, rows in batches.items():  # dicts keep insertion order: every delete runs first
