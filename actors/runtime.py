@@ -11,7 +11,7 @@ sends events to. It builds the actors on start and stops them on stop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from actors.timer import Ticker, TimerActor
 from actors.writer import StoreWriter, commit_through
 from engine import (
     Clock,
+    DefinitionError,
     Engine,
     FunctionDef,
     FunctionRegistry,
@@ -47,6 +48,14 @@ from eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStor
 log = logging.getLogger("steplog")
 DEFAULT_MAX_ACTIVE = 256
 DEFAULT_MAX_WORKERS = 256
+
+
+class SentIds(list[str]):
+    """The ids of sent events: a list, which ``await`` also accepts (and gives back as a list)."""
+
+    def __await__(self) -> Generator[Any, None, list[str]]:
+        return list(self)
+        yield  # makes this a generator; never reached
 
 
 class Steplog:
@@ -108,7 +117,9 @@ class Steplog:
         def decorate(handler: Callable[..., Any]) -> FunctionDef:
             function = define_function(handler, fn_id=fn_id, trigger=trigger, name=name, retries=retries)
             if self._started:
-                raise EngineStoppedError("define functions before start(): the running engine's set is fixed")
+                raise DefinitionError(
+                    f"function {fn_id!r} is defined after start(): define every function before starting the engine"
+                )
             self.registry.add(function)
             return function
 
@@ -220,9 +231,11 @@ class Steplog:
 
     # -- sending and waiting -------------------------------------------------------------------
 
-    def send(self, events: EventInput) -> list[str]:
+    def send(self, events: EventInput) -> SentIds:
         """Send one event or a list; returns their ids once they are committed.
 
+        The ids come back as a list that may also be awaited, so Inngest code that writes
+        ``await client.send(...)`` works unchanged (the commit has happened by then either way).
         Raises EventError (nothing of the send is accepted) if any event is malformed or too large.
         """
         self._check_running()
@@ -232,7 +245,7 @@ class Steplog:
             accepted = reply.get()
         except StorageError as error:
             raise EngineStoppedError(f"the engine stopped because the store failed: {error}") from error
-        return list(accepted.ids)
+        return SentIds(accepted.ids)
 
     send_sync = send
 

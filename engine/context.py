@@ -72,7 +72,23 @@ class _StepCore:
         self._invocation.record_failure(key, step_id, RUN_KIND, value, started)
 
 
-class Step(_StepCore):
+_NOT_YET = ("sleep", "sleep_until", "wait_for_event", "invoke", "send_event")
+
+
+class _Roadmap:
+    """Inngest step tools steplog does not have yet fail the run at once with a clear message,
+    rather than as an AttributeError retried like any other error."""
+
+    _invocation: Invocation
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _NOT_YET:
+            message = f"ctx.step.{name} is not available in this version of steplog; only ctx.step.run is"
+            raise self._invocation.abort("UnsupportedStepError", message)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+class Step(_Roadmap, _StepCore):
     """Steps for ``def`` functions."""
 
     def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -91,7 +107,7 @@ class Step(_StepCore):
         return self._finish(key, step_id, started, outcome)
 
 
-class AsyncStep(_StepCore):
+class AsyncStep(_Roadmap, _StepCore):
     """Steps for ``async def`` functions: each method is awaited."""
 
     async def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -88,7 +88,11 @@ class NonRetriableError(Exception):
 
 
 class RetryAfterError(Exception):
-    """Raise to retry no sooner than ``retry_after`` (seconds, timedelta, or an aware datetime)."""
+    """Raise to retry no sooner than ``retry_after``.
+
+    As in Inngest's Python SDK, a number is milliseconds; a timedelta, a duration text such as
+    ``"30s"`` or an aware datetime also work. The delay is clamped to 1 s .. 24 h.
+    """
 
     def __init__(self, message: str, retry_after: float | timedelta | datetime, *, quiet: bool = False) -> None:
         self.message = message

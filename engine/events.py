@@ -111,8 +111,10 @@ def _coerce(item: object, where: str) -> Event:
 
 
 def _check_name(name: object, where: str, allow_reserved: bool) -> None:
-    if not isinstance(name, str) or not name.strip():
+    if name is None or (isinstance(name, str) and not name.strip()):
         raise EventError(f"{where} has no name: every event needs a non-empty string 'name'")
+    if not isinstance(name, str):
+        raise EventError(f"{where}: name must be a string, got {type(name).__name__} {name!r}")
     if len(name) > MAX_NAME_LENGTH:
         raise EventError(f"{where}: name is {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
     if name.startswith(RESERVED_PREFIX) and not allow_reserved:

@@ -65,6 +65,10 @@ def define_function(
 
 def _compile_triggers(trigger: object, fn_id: str) -> tuple[CompiledTrigger, ...]:
     triggers = [trigger] if isinstance(trigger, TriggerEvent) else trigger
+    if isinstance(triggers, str):
+        raise DefinitionError(
+            f"function {fn_id!r}: trigger {triggers!r} is a string; write TriggerEvent(event={triggers!r})"
+        )
     if not isinstance(triggers, (list, tuple)) or not triggers:
         raise DefinitionError(f"function {fn_id!r} needs at least one trigger, e.g. TriggerEvent(event='app/x')")
     if len(triggers) > MAX_TRIGGERS:

@@ -139,7 +139,10 @@ class Invocation:
             nested = {"name": "NestedStepError", "message": "steps cannot run inside a step body", "stack": None}
             raise self._interrupted(_Abort(nested))
         if len(self.state.memo) >= self.limits.steps_per_run:
-            message = f"the run exceeded its step limit of {self.limits.steps_per_run} steps"
+            message = (
+                f"the run exceeded its step limit of {self.limits.steps_per_run} steps"
+                " (raise it with Steplog(max_steps_per_run=...) or Limits(steps_per_run=...))"
+            )
             raise self._interrupted(_Abort({"name": "StepLimitError", "message": message, "stack": None}))
 
     def step_attempt(self, key: str) -> int:

@@ -75,6 +75,8 @@ def _retry_after(error: RetryAfterError, now: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("RetryAfterError needs an aware datetime")
         delay = value - now
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        delay = parse_duration(value / 1000, what="retry_after")  # milliseconds, as in Inngest's SDK
     else:
         delay = parse_duration(value, what="retry_after")
     return now + min(max(delay, RETRY_AFTER_MIN), RETRY_AFTER_MAX)

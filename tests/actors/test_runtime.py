@@ -86,7 +86,7 @@ def test_send_before_start_raises_a_clear_error(db: str | Path) -> None:
 
 def test_functions_must_be_defined_before_start(clock: steplog.ManualClock) -> None:
     with steplog.Steplog(db=":memory:", clock=clock) as client:
-        with pytest.raises(steplog.EngineStoppedError, match=r"before start"):
+        with pytest.raises(steplog.DefinitionError, match=r"before starting"):
             greeter(client)
         assert client.registry.all() == []
 
@@ -453,3 +453,19 @@ def test_many_concurrent_runs_all_complete_and_each_step_runs_once(
             assert [h.result(timeout=WAIT) for h in client.runs_for_event(event_id)] == [3 + n, 3 + n]
     assert len(counts) == 900
     assert set(counts.values()) == {1}
+
+
+def test_send_can_be_awaited_as_in_inngest(clock: steplog.ManualClock) -> None:
+    import asyncio
+
+    client = steplog.Steplog(db=":memory:", clock=clock)
+    greeter(client)
+    with client:
+        ids = asyncio.run(_send_awaited(client))
+        assert isinstance(ids, list) and len(ids) == 1
+        assert only_run(client, ids[0]).result(timeout=WAIT) == "hello Ada"
+        assert len(client.list_events()) == 1  # awaiting sent nothing twice
+
+
+async def _send_awaited(client: steplog.Steplog) -> list[str]:
+    return await client.send(steplog.Event(name="app/user.created", data={"name": "Ada"}))

@@ -233,7 +233,7 @@ def test_different_ids_and_no_ids_are_not_duplicates(clock: ManualClock, store: 
     [
         ({"data": {}}, "event has no name"),
         ({"name": "", "data": {}}, "has no name"),
-        ({"name": 42, "data": {}}, "event has no name"),
+        ({"name": 42, "data": {}}, "event: name must be a string, got int 42"),
         ({"name": "app/x", "data": [1, 2]}, "data must be a JSON object, got list"),
         ({"name": "app/x", "data": "text"}, "data must be a JSON object, got str"),
         ({"name": "app/x", "ts": "2026-01-01"}, "ts must be an integer of milliseconds"),

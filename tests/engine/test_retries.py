@@ -362,10 +362,11 @@ def test_non_retriable_error_subclass_fails_at_once(clock: ManualClock, store: E
 @pytest.mark.parametrize(
     ("retry_after", "expected"),
     [
-        (120, timedelta(seconds=120)),
+        (120_000, timedelta(seconds=120)),  # a number is milliseconds, as in Inngest's SDK
+        (90_500.0, timedelta(seconds=90.5)),
         (timedelta(minutes=7), timedelta(minutes=7)),
         ("1h30m", timedelta(hours=1, minutes=30)),
-        (0.1, RETRY_AFTER_MIN),
+        (999, RETRY_AFTER_MIN),
         (0, RETRY_AFTER_MIN),
         (timedelta(hours=48), RETRY_AFTER_MAX),
         ("3d", timedelta(hours=24)),
@@ -396,7 +397,7 @@ def test_retry_after_error_with_a_datetime(clock: ManualClock, store: EventStore
 
 
 def test_retry_after_error_outside_steps(clock: ManualClock, store: EventStore) -> None:
-    handler = Always(lambda: RetryAfterError("busy", 42))
+    handler = Always(lambda: RetryAfterError("busy", 42_000))
     engine = make_engine(store, clock, define(handler, retries=1))
     run_id = start_one(engine)
     run_to_the_end(engine, clock, run_id)

@@ -73,7 +73,7 @@ def serve(db_path: str, ledger: TextIO, n: int) -> int:
                 record(ctx.run_id, key, attempt)
                 time.sleep(WORK_S)
                 if fail_once and attempt == 0:
-                    raise steplog.RetryAfterError(f"{key} is not ready yet", 1)
+                    raise steplog.RetryAfterError(f"{key} is not ready yet", "1s")
                 return value
 
             return ctx.step.run(key, body)
