@@ -7,3 +7,7 @@ from engine import EngineError
 
 class EngineStoppedError(EngineError):
     """The engine is not running: not started yet, stopped, or stopped by a storage failure."""
+
+
+class DatabaseInUseError(EngineError):
+    """Another engine is already running on the same database file."""

@@ -19,6 +19,7 @@ from typing import Any
 import pykka
 
 from actors.activity import Activity
+from actors.dblock import DatabaseLock
 from actors.errors import EngineStoppedError
 from actors.handle import RunHandle
 from actors.messages import Arm, StartRun, Tick
@@ -101,6 +102,7 @@ class Steplog:
         self._failure: StorageError | None = None
         self._actors: list[pykka.ActorRef[Any]] = []
         self._cleanup: list[Callable[[], None]] = []
+        self._db_lock: DatabaseLock | None = None
 
     # -- defining ------------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class Steplog:
         """Start the actors and resume the work left in the log; returns self."""
         if self._started:
             return self
+        self._lock_database()
         self._activity = Activity()
         writer = StoreWriter.start(self.store, self.clock, self._storage_failed)
         self._engine = Engine(
@@ -166,6 +169,12 @@ class Steplog:
         self._started = True
         self._resume()
         return self
+
+    def _lock_database(self) -> None:
+        store = self.store
+        if isinstance(store, SqliteEventStore) and store.path != ":memory:":
+            self._db_lock = DatabaseLock(store.path)
+            self._db_lock.acquire()
 
     def _start_clock(self, timer: pykka.ActorRef[TimerActor]) -> None:
         if isinstance(self.clock, ManualClock):
@@ -211,6 +220,9 @@ class Steplog:
         self._started = False
         self.store.close()
         self._store = None
+        if self._db_lock is not None:
+            self._db_lock.release()
+            self._db_lock = None
 
     def __enter__(self) -> Steplog:
         return self.start()

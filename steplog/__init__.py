@@ -15,7 +15,7 @@ This package only gathers the public names of ``engine`` (the pure core), ``acto
 threads) and ``eventstore`` (the log).
 """
 
-from actors import EngineStoppedError, RunHandle, Steplog
+from actors import DatabaseInUseError, EngineStoppedError, RunHandle, Steplog
 from engine import (
     Context,
     DefinitionError,
@@ -40,6 +40,7 @@ from eventstore import MemoryEventStore, SqliteEventStore
 
 __all__ = [
     "Context",
+    "DatabaseInUseError",
     "DefinitionError",
     "EngineError",
     "EngineStoppedError",

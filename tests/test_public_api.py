@@ -8,7 +8,7 @@ import pytest
 
 EXPECTED = {
     "steplog": [
-        "Context", "DefinitionError", "EngineError", "EngineStoppedError", "Event", "EventError", "ExpressionError",
+        "Context", "DatabaseInUseError", "DefinitionError", "EngineError", "EngineStoppedError", "Event", "EventError", "ExpressionError",
         "FunctionDef", "Limits", "ManualClock", "MemoryEventStore", "NonRetriableError", "NondeterminismError",
         "RetryAfterError", "RetryPolicy", "RunFailedError", "RunHandle", "RunNotFoundError", "SqliteEventStore",
         "StepError", "Steplog", "SystemClock", "TriggerEvent",
@@ -20,7 +20,7 @@ EXPECTED = {
         "RunFailedError", "RunNotFoundError", "RunProjector", "Step", "StepError", "SystemClock", "TriggerEvent",
         "compile_expression", "define_function", "parse_duration", "queries",
     ],
-    "actors": ["EngineStoppedError", "RunHandle", "Steplog"],
+    "actors": ["DatabaseInUseError", "EngineStoppedError", "RunHandle", "Steplog"],
     "eventstore": [
         "Append", "Change", "Committed", "ConcurrencyError", "Delete", "Difference", "Entry", "EventStore",
         "EventStoreError", "MemoryEventStore", "NewEntry", "Projector", "Row", "SqliteEventStore", "StorageError",

@@ -82,3 +82,16 @@ def test_a_storage_failure_stops_the_engine_with_the_reason(db_path: Path) -> No
             client.send({"name": "app/job"})
     rows = sqlite3.connect(db_path).execute("select count(*) from runs where status = 'completed'").fetchone()
     assert rows == (1,)
+
+
+def test_a_second_engine_on_the_same_file_is_refused(db_path: Path) -> None:
+    first = steplog.Steplog(db=db_path)
+    two_steps(first, [])
+    second = steplog.Steplog(db=db_path)
+    two_steps(second, [])
+    with first:
+        with pytest.raises(steplog.DatabaseInUseError, match="one engine per database file"):
+            second.start()
+    with second:  # the first one's stop released the file
+        [event_id] = second.send({"name": "app/job"})
+        assert second.runs_for_event(event_id)[0].result(timeout=WAIT) == 3
