@@ -285,8 +285,9 @@ class Steplog:
         return RunHandle(self, run_id)
 
     def runs_for_event(self, event_id: str) -> list[RunHandle]:
-        """Handles on the runs an event started."""
-        return [RunHandle(self, row["run_id"]) for row in self.store.query("runs", where={"event_id": event_id})]
+        """Handles on the runs an event started; ``event_id`` is the id ``send`` returned or the id you gave."""
+        runs = queries.list_runs(self.store, event_id=event_id, limit=None)
+        return [RunHandle(self, row["run_id"]) for row in reversed(runs)]
 
     def _outcome(self, run_id: str) -> Any:
         return self._activity.outcome(run_id) if self._started else None
@@ -299,12 +300,13 @@ class Steplog:
     # -- querying ------------------------------------------------------------------------------
 
     def list_events(self, **filters: Any) -> list[dict[str, Any]]:
-        """Events, newest first: ``name``, ``since``, ``until``, ``limit``."""
-        return queries.list_events(self.store, **filters)
+        """Events, newest first: ``name``, ``since``, ``until`` (datetime, ISO text or "2h" ago), ``limit``."""
+        return queries.list_events(self.store, now=self.clock.now(), **filters)
 
     def list_runs(self, **filters: Any) -> list[dict[str, Any]]:
-        """Runs, newest first: ``function_id``, ``status``, ``event_id``, ``since``, ``until``, ``limit``."""
-        return queries.list_runs(self.store, **filters)
+        """Runs, newest first: ``function_id``, ``status``, ``event_id`` (returned by send, or your own id),
+        ``since``, ``until`` (datetime, ISO text or "2h" ago), ``limit``."""
+        return queries.list_runs(self.store, now=self.clock.now(), **filters)
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """A run's summary: status, times, step count, output or error."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import attrs
 
 from engine import records as r
+from engine.clock import SystemClock
+from engine.durations import parse_duration
 from engine.errors import RunNotFoundError
 from eventstore import Entry, EventStore, format_time
 
@@ -54,21 +56,65 @@ def _decode(row: dict[str, Any], *columns: str) -> dict[str, Any]:
     return out
 
 
-def _time_range(since: datetime | None, until: datetime | None) -> tuple[str | None, str | None]:
-    return (format_time(since) if since else None, format_time(until) if until else None)
+STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled")
+When = datetime | str | None
+"""A point in time for a filter: an aware datetime, ISO 8601 text (UTC unless it has an offset),
+or a duration ago such as ``"30m"``, ``"2h"``, ``"1d"``."""
+
+
+def parse_when(value: When, *, now: datetime | None = None, what: str = "time") -> datetime | None:
+    """A filter's time as an aware datetime; ValueError naming ``what`` if it cannot be read."""
+    if value is None or isinstance(value, datetime):
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+    text = str(value).strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return (now or SystemClock().now()) - parse_duration(text, what=what)
+        except ValueError:
+            prefix = "" if what == "time" else f"{what}: "
+            raise ValueError(
+                f"{prefix}{value!r} is not a time: use ISO 8601 like 2026-01-31T12:00:00Z or 2026-01-31,"
+                " or a duration ago like 30m, 2h, 1d"
+            ) from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def _time_range(since: When, until: When, now: datetime | None) -> tuple[str | None, str | None]:
+    low, high = parse_when(since, now=now, what="since"), parse_when(until, now=now, what="until")
+    if low and high and low > high:
+        raise ValueError(f"since ({format_time(low)}) is after until ({format_time(high)})")
+    return (format_time(low) if low else None, format_time(high) if high else None)
+
+
+def check_status(status: str | None) -> None:
+    """ValueError naming the statuses, for a status that no run can have."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown run status {status!r}; statuses: {', '.join(STATUSES)}")
+
+
+def event_internal_ids(store: EventStore, event_id: str) -> list[str]:
+    """The internal ids of the events known by ``event_id``: an internal id, or the id the sender gave."""
+    if store.query("events", where={"internal_id": event_id}):
+        return [event_id]
+    return [row["internal_id"] for row in store.query("events", where={"id": event_id}, order_by="position")]
 
 
 def list_events(
     store: EventStore,
     *,
     name: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: When = None,
+    until: When = None,
     limit: int | None = 100,
+    now: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Received events, newest first, each with the runs it started."""
     where = {"name": name} if name else {}
-    ranges = {"received_at": _time_range(since, until)} if since or until else {}
+    ranges = {"received_at": _time_range(since, until, now)} if since or until else {}
     rows = store.query("events", where=where, ranges=ranges, order_by="position", desc=True, limit=limit)
     events = []
     for row in rows:
@@ -85,17 +131,24 @@ def list_runs(
     function_id: str | None = None,
     status: str | None = None,
     event_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: When = None,
+    until: When = None,
     limit: int | None = 100,
+    now: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Runs, newest first, filtered by function, status, triggering event and scheduling time."""
-    where = {k: v for k, v in {"function_id": function_id, "status": status, "event_id": event_id}.items() if v}
-    ranges = {"scheduled_at": _time_range(since, until)} if since or until else {}
-    rows = store.query(
-        "runs", where=where, ranges=ranges, order_by=("scheduled_at", "run_id"), desc=True, limit=limit
-    )
-    return [_decode(row, "output", "error") for row in rows]
+    """Runs, newest first, filtered by function, status, triggering event (its internal id or the
+    id the sender gave) and scheduling time."""
+    check_status(status)
+    where = {k: v for k, v in {"function_id": function_id, "status": status}.items() if v}
+    ranges = {"scheduled_at": _time_range(since, until, now)} if since or until else {}
+    rows: list[dict[str, Any]] = []
+    for event in [None] if event_id is None else event_internal_ids(store, event_id):
+        selected = where if event is None else {**where, "event_id": event}
+        rows.extend(store.query(
+            "runs", where=selected, ranges=ranges, order_by=("scheduled_at", "run_id"), desc=True, limit=limit
+        ))
+    rows.sort(key=lambda row: (row["scheduled_at"], row["run_id"]), reverse=True)
+    return [_decode(row, "output", "error") for row in (rows[:limit] if limit else rows)]
 
 
 def get_run(store: EventStore, run_id: str) -> dict[str, Any]:

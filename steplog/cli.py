@@ -26,14 +26,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine import RunNotFoundError, RunProjector, parse_duration, queries
+from engine import RunNotFoundError, RunProjector, queries
 from eventstore import Difference, EventStoreError, SqliteEventStore, parse_time
 from eventstore.sqlite import BUSY_TIMEOUT_MS
 
 DEFAULT_DB = "steplog.db"
 DB_ENV = "STEPLOG_DB"
 DEFAULT_LIMIT = 100
-STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled")
+STATUSES = queries.STATUSES
 PROJECTION_TABLES = tuple(table.name for table in RunProjector.tables)
 CELL_WIDTH = 60
 MAX_LISTED_DIFFERENCES = 50
@@ -151,16 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _time_arg(text: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        try:
-            return datetime.now(UTC) - parse_duration(text.strip(), what="time")
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a time: use ISO 8601 like 2026-01-31T12:00:00Z or 2026-01-31,"
-                " or a duration ago like 30m, 2h, 1d"
-            ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+        moment = queries.parse_when(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    assert moment is not None
+    return moment
 
 
 def _limit_arg(text: str) -> int:
@@ -279,7 +274,7 @@ def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
             runs = queries.list_runs(store, **filters, limit=limit)
         else:
             runs = []
-            for internal_id in _event_internal_ids(store, args.event):
+            for internal_id in queries.event_internal_ids(store, args.event):
                 runs.extend(queries.list_runs(store, **filters, event_id=internal_id, limit=limit))
         runs.sort(key=lambda run: (run["scheduled_at"] or "", run["run_id"]), reverse=True)
         runs = runs[:limit]
@@ -363,13 +358,6 @@ def _run_or_none(store: SqliteEventStore, run_id: str) -> dict[str, Any] | None:
         return queries.get_run(store, run_id)
     except RunNotFoundError:
         return None
-
-
-def _event_internal_ids(store: SqliteEventStore, event_id: str) -> list[str]:
-    """Internal ids of the events an id names: the internal id itself, or the user's ``id``."""
-    if store.query("events", where={"internal_id": event_id}, limit=1):
-        return [event_id]
-    return [row["internal_id"] for row in store.query("events", where={"id": event_id}, order_by="position")]
 
 
 def _event_names(store: SqliteEventStore, internal_ids: set[str]) -> dict[str, str]:

@@ -469,3 +469,22 @@ def test_send_can_be_awaited_as_in_inngest(clock: steplog.ManualClock) -> None:
 
 async def _send_awaited(client: steplog.Steplog) -> list[str]:
     return await client.send(steplog.Event(name="app/user.created", data={"name": "Ada"}))
+
+
+def test_queries_take_the_senders_event_id_and_times_as_text(clock: steplog.ManualClock) -> None:
+    client = steplog.Steplog(db=":memory:", clock=clock)
+    greeter(client)
+    with client:
+        client.send({"name": "app/user.created", "data": {"name": "Ada"}, "id": "signup-ada"})
+        client.run_until_idle()
+        [handle] = client.runs_for_event("signup-ada")
+        assert handle.result(timeout=WAIT) == "hello Ada"
+        assert [run["run_id"] for run in client.list_runs(event_id="signup-ada")] == [handle.run_id]
+        assert len(client.list_events(since="1h")) == 1
+        assert client.list_events(since="2026-01-01T12:00:01Z") == []
+        assert len(client.list_runs(since="2026-01-01", until="2026-01-01T13:00:00+01:00")) == 1
+        assert client.list_runs(since="2026-01-01", until="1s") == []
+        with pytest.raises(ValueError, match="'yesterday' is not a time"):
+            client.list_events(since="yesterday")
+        with pytest.raises(ValueError, match="unknown run status 'done'; statuses: queued"):
+            client.list_runs(status="done")
