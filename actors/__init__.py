@@ -3,8 +3,8 @@
 ``Steplog`` is the embedded engine a user creates; ``RunHandle`` waits for a run's result.
 """
 
-from actors.errors import DatabaseInUseError, EngineStoppedError
-from actors.handle import RunHandle
-from actors.runtime import Steplog
+from steplog.actors.errors import DatabaseInUseError, EngineStoppedError
+from steplog.actors.handle import RunHandle
+from steplog.actors.runtime import Steplog
 
 __all__ = ["DatabaseInUseError", "EngineStoppedError", "RunHandle", "Steplog"]

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from actors.errors import DatabaseInUseError
+from steplog.actors.errors import DatabaseInUseError
 
 try:
     import fcntl

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine import EngineError
+from steplog.engine import EngineError
 
 
 class EngineStoppedError(EngineError):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from engine import RunFailedError, queries
+from steplog.engine import RunFailedError, queries
 
 if TYPE_CHECKING:
-    from actors.runtime import Steplog
+    from steplog.actors.runtime import Steplog
 
 FINISHED = ("completed", "failed", "cancelled")
 

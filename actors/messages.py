@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from eventstore import Append
+from steplog.eventstore import Append
 
 
 class Reply:

@@ -9,11 +9,11 @@ from typing import Any
 import attrs
 import pykka
 
-from actors.activity import Activity
-from actors.messages import StartRun
-from engine import Engine
-from engine.routing import ScheduledRun
-from engine.state import RunState
+from steplog.actors.activity import Activity
+from steplog.actors.messages import StartRun
+from steplog.engine import Engine
+from steplog.engine.routing import ScheduledRun
+from steplog.engine.state import RunState
 
 
 @attrs.frozen

@@ -19,10 +19,10 @@ from typing import Any
 import attrs
 import pykka
 
-from actors.activity import Activity
-from actors.messages import RunCrashed, RunEnded
-from engine import Engine
-from engine.state import RunState
+from steplog.actors.activity import Activity
+from steplog.actors.messages import RunCrashed, RunEnded
+from steplog.engine import Engine
+from steplog.engine.state import RunState
 
 
 @attrs.frozen

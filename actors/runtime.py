@@ -18,17 +18,17 @@ from typing import Any
 
 import pykka
 
-from actors.activity import Activity
-from actors.dblock import DatabaseLock
-from actors.errors import EngineStoppedError
-from actors.handle import RunHandle
-from actors.messages import Arm, StartRun, Tick
-from actors.router import EventRouter, Send
-from actors.run import WorkerPool
-from actors.supervisor import FunctionSupervisor
-from actors.timer import Ticker, TimerActor
-from actors.writer import StoreWriter, commit_through
-from engine import (
+from steplog.actors.activity import Activity
+from steplog.actors.dblock import DatabaseLock
+from steplog.actors.errors import EngineStoppedError
+from steplog.actors.handle import RunHandle
+from steplog.actors.messages import Arm, StartRun, Tick
+from steplog.actors.router import EventRouter, Send
+from steplog.actors.run import WorkerPool
+from steplog.actors.supervisor import FunctionSupervisor
+from steplog.actors.timer import Ticker, TimerActor
+from steplog.actors.writer import StoreWriter, commit_through
+from steplog.engine import (
     Clock,
     DefinitionError,
     Engine,
@@ -43,8 +43,8 @@ from engine import (
     define_function,
     queries,
 )
-from engine.service import EventInput
-from eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
+from steplog.engine.service import EventInput
+from steplog.eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
 
 log = logging.getLogger("steplog")
 DEFAULT_MAX_ACTIVE = 256

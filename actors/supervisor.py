@@ -14,14 +14,14 @@ from typing import Any
 
 import pykka
 
-from actors.activity import Activity
-from actors.messages import Arm, RunCrashed, RunEnded, StartRun
-from actors.run import ExecuteRun, WorkerPool
-from engine import Engine
-from engine.invocation import Outcome
-from engine.service import StaleRunError
-from engine.state import RunState
-from eventstore import StorageError
+from steplog.actors.activity import Activity
+from steplog.actors.messages import Arm, RunCrashed, RunEnded, StartRun
+from steplog.actors.run import ExecuteRun, WorkerPool
+from steplog.engine import Engine
+from steplog.engine.invocation import Outcome
+from steplog.engine.service import StaleRunError
+from steplog.engine.state import RunState
+from steplog.eventstore import StorageError
 
 MAX_RESTARTS = 3
 log = logging.getLogger("steplog.supervisor")

@@ -15,9 +15,9 @@ from typing import Any
 
 import pykka
 
-from actors.activity import Activity
-from actors.messages import Arm, StartRun, Tick
-from engine.clock import Clock
+from steplog.actors.activity import Activity
+from steplog.actors.messages import Arm, StartRun, Tick
+from steplog.engine.clock import Clock
 
 
 class TimerActor(pykka.ThreadingActor):

@@ -18,9 +18,9 @@ from typing import Any
 
 import pykka
 
-from actors.messages import Commit, Reply
-from engine.clock import Clock
-from eventstore import EventStore, StorageError, StoreBusyError
+from steplog.actors.messages import Commit, Reply
+from steplog.engine.clock import Clock
+from steplog.eventstore import EventStore, StorageError, StoreBusyError
 
 log = logging.getLogger("steplog.writer")
 BUSY_ATTEMPTS = 12

@@ -3,11 +3,11 @@ invocation that runs a function step by step, run state folded from the log, pro
 queries. No threads, no wall clock (a Clock is passed in), no SQL.
 """
 
-from engine import queries
-from engine.clock import Clock, ManualClock, SystemClock
-from engine.context import AsyncStep, Context, Step
-from engine.durations import Duration, parse_duration
-from engine.errors import (
+from steplog.engine import queries
+from steplog.engine.clock import Clock, ManualClock, SystemClock
+from steplog.engine.context import AsyncStep, Context, Step
+from steplog.engine.durations import Duration, parse_duration
+from steplog.engine.errors import (
     DefinitionError,
     EngineError,
     EventError,
@@ -19,15 +19,15 @@ from engine.errors import (
     RunNotFoundError,
     StepError,
 )
-from engine.events import Event
-from engine.expressions import Expression, ExpressionError, compile_expression
-from engine.functions import FunctionDef, FunctionRegistry, define_function
-from engine.invocation import Outcome
-from engine.limits import Limits
-from engine.projector import RunProjector
-from engine.retry import RetryPolicy
-from engine.service import Engine
-from engine.triggers import TriggerEvent
+from steplog.engine.events import Event
+from steplog.engine.expressions import Expression, ExpressionError, compile_expression
+from steplog.engine.functions import FunctionDef, FunctionRegistry, define_function
+from steplog.engine.invocation import Outcome
+from steplog.engine.limits import Limits
+from steplog.engine.projector import RunProjector
+from steplog.engine.retry import RetryPolicy
+from steplog.engine.service import Engine
+from steplog.engine.triggers import TriggerEvent
 
 __all__ = [
     "AsyncStep",

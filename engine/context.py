@@ -15,10 +15,10 @@ from typing import Any
 
 import attrs
 
-from engine.errors import StepError
-from engine.events import Event
-from engine.ids import StepKeys
-from engine.invocation import Invocation
+from steplog.engine.errors import StepError
+from steplog.engine.events import Event
+from steplog.engine.ids import StepKeys
+from steplog.engine.invocation import Invocation
 
 RUN_KIND = "run"
 

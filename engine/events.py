@@ -9,10 +9,10 @@ from typing import Any
 
 import attrs
 
-from engine.errors import EventError
-from engine.ids import new_ulid
-from engine.jsonvalues import NotJSONError, encode, size_of
-from engine.limits import Limits
+from steplog.engine.errors import EventError
+from steplog.engine.ids import new_ulid
+from steplog.engine.jsonvalues import NotJSONError, encode, size_of
+from steplog.engine.limits import Limits
 
 MAX_NAME_LENGTH = 256
 RESERVED_PREFIX = "inngest/"

@@ -9,9 +9,9 @@ from typing import Any
 
 import attrs
 
-from engine.errors import DefinitionError
-from engine.retry import RetryPolicy
-from engine.triggers import MAX_TRIGGERS, CompiledTrigger, TriggerEvent, compile_trigger
+from steplog.engine.errors import DefinitionError
+from steplog.engine.retry import RetryPolicy
+from steplog.engine.triggers import MAX_TRIGGERS, CompiledTrigger, TriggerEvent, compile_trigger
 
 Handler = Callable[..., Any]
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")

@@ -20,15 +20,15 @@ from typing import Any, NoReturn
 
 import attrs
 
-from engine import records as r
-from engine.clock import Clock
-from engine.errors import NondeterminismError, NonRetriableError, StepError
-from engine.functions import FunctionDef
-from engine.jsonvalues import NotJSONError, encode, size_of
-from engine.limits import Limits
-from engine.records import ErrorInfo, error_info
-from engine.state import RunState, StepRecord
-from eventstore import NewEntry, format_time
+from steplog.engine import records as r
+from steplog.engine.clock import Clock
+from steplog.engine.errors import NondeterminismError, NonRetriableError, StepError
+from steplog.engine.functions import FunctionDef
+from steplog.engine.jsonvalues import NotJSONError, encode, size_of
+from steplog.engine.limits import Limits
+from steplog.engine.records import ErrorInfo, error_info
+from steplog.engine.state import RunState, StepRecord
+from steplog.eventstore import NewEntry, format_time
 
 Commit = Callable[[Sequence[NewEntry]], None]
 

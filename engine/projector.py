@@ -20,8 +20,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from engine import records as r
-from eventstore import Change, Delete, Entry, Table, Upsert
+from steplog.engine import records as r
+from steplog.eventstore import Change, Delete, Entry, Table, Upsert
 
 RUNS = Table(
     "runs",

@@ -8,11 +8,11 @@ from typing import Any
 
 import attrs
 
-from engine import records as r
-from engine.clock import SystemClock
-from engine.durations import parse_duration
-from engine.errors import RunNotFoundError
-from eventstore import Entry, EventStore, format_time
+from steplog.engine import records as r
+from steplog.engine.clock import SystemClock
+from steplog.engine.durations import parse_duration
+from steplog.engine.errors import RunNotFoundError
+from steplog.eventstore import Entry, EventStore, format_time
 
 
 @attrs.frozen

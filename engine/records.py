@@ -25,7 +25,7 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from engine.errors import StepError
+from steplog.engine.errors import StepError
 
 EVENT_RECEIVED = "event.received"
 EVENT_DUPLICATE = "event.duplicate"

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 
 import attrs
 
-from engine.durations import Duration, parse_duration
-from engine.errors import NonRetriableError, RetryAfterError
+from steplog.engine.durations import Duration, parse_duration
+from steplog.engine.errors import NonRetriableError, RetryAfterError
 
 MAX_RETRIES = 20
 INNGEST_BACKOFF = tuple(

@@ -13,12 +13,12 @@ from typing import Any
 
 import attrs
 
-from engine import records as r
-from engine.events import ReceivedEvent
-from engine.expressions import ExpressionError
-from engine.functions import FunctionDef
-from engine.ids import new_ulid
-from eventstore import Append, NewEntry, StreamWrite, format_time
+from steplog.engine import records as r
+from steplog.engine.events import ReceivedEvent
+from steplog.engine.expressions import ExpressionError
+from steplog.engine.functions import FunctionDef
+from steplog.engine.ids import new_ulid
+from steplog.eventstore import Append, NewEntry, StreamWrite, format_time
 
 DEDUP_WINDOW = timedelta(hours=24)
 

@@ -15,17 +15,17 @@ from typing import Any
 
 import attrs
 
-from engine import records as r
-from engine.clock import Clock, ManualClock, SystemClock
-from engine.context import make_context
-from engine.errors import FunctionNotFoundError, RunNotFoundError
-from engine.events import Event, prepare_events
-from engine.functions import FunctionRegistry
-from engine.invocation import Invocation, Outcome
-from engine.limits import Limits
-from engine.routing import ScheduledRun, route
-from engine.state import RunState, fold
-from eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite, format_time, parse_time
+from steplog.engine import records as r
+from steplog.engine.clock import Clock, ManualClock, SystemClock
+from steplog.engine.context import make_context
+from steplog.engine.errors import FunctionNotFoundError, RunNotFoundError
+from steplog.engine.events import Event, prepare_events
+from steplog.engine.functions import FunctionRegistry
+from steplog.engine.invocation import Invocation, Outcome
+from steplog.engine.limits import Limits
+from steplog.engine.routing import ScheduledRun, route
+from steplog.engine.state import RunState, fold
+from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite, format_time, parse_time
 
 Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
 EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]

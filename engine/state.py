@@ -7,9 +7,9 @@ from typing import Any
 
 import attrs
 
-from engine import records as r
-from engine.records import ErrorInfo
-from eventstore import Entry
+from steplog.engine import records as r
+from steplog.engine.records import ErrorInfo
+from steplog.eventstore import Entry
 
 
 @attrs.frozen

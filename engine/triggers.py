@@ -6,8 +6,8 @@ from typing import Any
 
 import attrs
 
-from engine.errors import DefinitionError
-from engine.expressions import Expression, ExpressionError, compile_expression
+from steplog.engine.errors import DefinitionError
+from steplog.engine.expressions import Expression, ExpressionError, compile_expression
 
 MAX_TRIGGERS = 10
 

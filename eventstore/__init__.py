@@ -4,12 +4,12 @@ Backends share one contract: ``MemoryEventStore`` and ``SqliteEventStore``. The 
 nothing of the engine or the actors above it.
 """
 
-from eventstore.base import EventStore, format_time, parse_time
-from eventstore.errors import ConcurrencyError, EventStoreError, StorageError, StoreBusyError, StoreClosedError
-from eventstore.memory import MemoryEventStore
-from eventstore.projections import Change, Delete, Difference, Projector, Row, Table, Upsert
-from eventstore.records import Append, Committed, Entry, NewEntry, StreamWrite
-from eventstore.sqlite import SqliteEventStore
+from steplog.eventstore.base import EventStore, format_time, parse_time
+from steplog.eventstore.errors import ConcurrencyError, EventStoreError, StorageError, StoreBusyError, StoreClosedError
+from steplog.eventstore.memory import MemoryEventStore
+from steplog.eventstore.projections import Change, Delete, Difference, Projector, Row, Table, Upsert
+from steplog.eventstore.records import Append, Committed, Entry, NewEntry, StreamWrite
+from steplog.eventstore.sqlite import SqliteEventStore
 
 __all__ = [
     "Append",

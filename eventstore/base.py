@@ -16,8 +16,8 @@ from typing import Any
 
 import attrs
 
-from eventstore.errors import ConcurrencyError, StoreClosedError
-from eventstore.projections import (
+from steplog.eventstore.errors import ConcurrencyError, StoreClosedError
+from steplog.eventstore.projections import (
     Change,
     Difference,
     NoProjections,
@@ -28,7 +28,7 @@ from eventstore.projections import (
     diff_tables,
     key_of,
 )
-from eventstore.records import Append, Committed, Entry, NewEntry, StreamWrite
+from steplog.eventstore.records import Append, Committed, Entry, NewEntry, StreamWrite
 
 Range = tuple[Any, Any]
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import attrs
 
-from eventstore.base import EventStore, KeyRecord, Plan, Range, apply_change
-from eventstore.projections import Change, Projector, Row, Table, Upsert
-from eventstore.records import Entry
+from steplog.eventstore.base import EventStore, KeyRecord, Plan, Range, apply_change
+from steplog.eventstore.projections import Change, Projector, Row, Table, Upsert
+from steplog.eventstore.records import Entry
 
 
 class MemoryEventStore(EventStore):

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from eventstore.records import Entry
+from steplog.eventstore.records import Entry
 
 Row = dict[str, Any]
 

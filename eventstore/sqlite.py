@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 import sqlite_utils
 
-from eventstore.base import EventStore, KeyRecord, Plan, Range
-from eventstore.errors import StorageError, StoreBusyError
-from eventstore.projections import Change, Projector, Row, Table, Upsert, coalesce
-from eventstore.records import Entry
+from steplog.eventstore.base import EventStore, KeyRecord, Plan, Range
+from steplog.eventstore.errors import StorageError, StoreBusyError
+from steplog.eventstore.projections import Change, Projector, Row, Table, Upsert, coalesce
+from steplog.eventstore.records import Entry
 
 Synchronous = Literal["FULL", "NORMAL", "OFF", "EXTRA"]
 _SYNCHRONOUS_MODES = ("FULL", "NORMAL", "OFF", "EXTRA")

@@ -15,8 +15,8 @@ This package only gathers the public names of ``engine`` (the pure core), ``acto
 threads) and ``eventstore`` (the log).
 """
 
-from actors import DatabaseInUseError, EngineStoppedError, RunHandle, Steplog
-from engine import (
+from steplog.actors import DatabaseInUseError, EngineStoppedError, RunHandle, Steplog
+from steplog.engine import (
     Context,
     DefinitionError,
     EngineError,
@@ -36,7 +36,7 @@ from engine import (
     SystemClock,
     TriggerEvent,
 )
-from eventstore import MemoryEventStore, SqliteEventStore
+from steplog.eventstore import MemoryEventStore, SqliteEventStore
 
 __all__ = [
     "Context",

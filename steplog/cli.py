@@ -26,9 +26,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine import RunNotFoundError, RunProjector, queries
-from eventstore import Difference, EventStoreError, SqliteEventStore, parse_time
-from eventstore.sqlite import BUSY_TIMEOUT_MS
+from steplog.engine import RunNotFoundError, RunProjector, queries
+from steplog.eventstore import Difference, EventStoreError, SqliteEventStore, parse_time
+from steplog.eventstore.sqlite import BUSY_TIMEOUT_MS
 
 DEFAULT_DB = "steplog.db"
 DB_ENV = "STEPLOG_DB"

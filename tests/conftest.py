@@ -11,8 +11,8 @@ import pykka
 import pytest
 from hypothesis import HealthCheck, settings
 
-from eventstore import EventStore, MemoryEventStore, SqliteEventStore
-from engine import ManualClock, RunProjector
+from steplog.eventstore import EventStore, MemoryEventStore, SqliteEventStore
+from steplog.engine import ManualClock, RunProjector
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

@@ -54,8 +54,15 @@ def imported_modules(tree: ast.AST) -> Iterator[tuple[str, int]]:
             yield node.module, node.lineno
 
 
+LAYERS = {"engine", "actors", "eventstore"}
+
+
 def top(module: str) -> str:
-    return module.split(".")[0]
+    """The layer or library a module belongs to: ``steplog.engine.clock`` -> ``engine``."""
+    parts = module.split(".")
+    if parts[0] == "steplog" and len(parts) > 1 and parts[1] in LAYERS:
+        return parts[1]
+    return parts[0]
 
 
 def parse(path: Path) -> ast.AST:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import steplog
-from engine import Engine, RunProjector, queries
-from eventstore import SqliteEventStore, parse_time
+from steplog.engine import Engine, RunProjector, queries
+from steplog.eventstore import SqliteEventStore, parse_time
 
 WAIT = 10.0  # seconds: an upper bound for waits that finish in milliseconds
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import steplog
-from actors.supervisor import MAX_RESTARTS
-from engine import Engine
+from steplog.actors.supervisor import MAX_RESTARTS
+from steplog.engine import Engine
 
 WAIT = 10.0
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 import steplog
-from engine import DefinitionError, FunctionRegistry, RetryPolicy, TriggerEvent, define_function
-from engine.retry import INNGEST_BACKOFF
+from steplog.engine import DefinitionError, FunctionRegistry, RetryPolicy, TriggerEvent, define_function
+from steplog.engine.retry import INNGEST_BACKOFF
 
 
 def handler(ctx: object) -> str:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import RetryPolicy, parse_duration
+from steplog.engine import RetryPolicy, parse_duration
 
 
 @pytest.mark.parametrize(

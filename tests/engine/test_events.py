@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine import (
+from steplog.engine import (
     Context,
     Engine,
     Event,
@@ -21,9 +21,9 @@ from engine import (
     define_function,
     queries,
 )
-from engine import records as r
-from engine.events import MAX_NAME_LENGTH
-from eventstore import EventStore, MemoryEventStore
+from steplog.engine import records as r
+from steplog.engine.events import MAX_NAME_LENGTH
+from steplog.eventstore import EventStore, MemoryEventStore
 
 
 def make_engine(store: EventStore, clock: ManualClock, *functions: FunctionDef, limits: Limits | None = None) -> Engine:

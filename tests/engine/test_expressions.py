@@ -15,7 +15,7 @@ from celpy.evaluation import Activation, Evaluator
 from hypothesis import assume, HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.expressions import (
+from steplog.engine.expressions import (
     COMPREHENSION_BOUND,
     MAX_TREE_DEPTH,
     EqualityCondition,

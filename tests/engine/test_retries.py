@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine import (
+from steplog.engine import (
     Context,
     Engine,
     FunctionDef,
@@ -25,9 +25,9 @@ from engine import (
     define_function,
     queries,
 )
-from engine import records as r
-from engine.retry import INNGEST_BACKOFF, RETRY_AFTER_MAX, RETRY_AFTER_MIN
-from eventstore import EventStore, MemoryEventStore, parse_time
+from steplog.engine import records as r
+from steplog.engine.retry import INNGEST_BACKOFF, RETRY_AFTER_MAX, RETRY_AFTER_MIN
+from steplog.eventstore import EventStore, MemoryEventStore, parse_time
 
 JITTER = timedelta(seconds=30)
 SECOND = timedelta(seconds=1)

@@ -41,7 +41,7 @@ import pytest
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 
-from engine import (
+from steplog.engine import (
     Engine,
     FunctionDef,
     FunctionRegistry,
@@ -54,10 +54,10 @@ from engine import (
     TriggerEvent,
     define_function,
 )
-from engine import records as r
-from engine.invocation import Outcome
-from engine.state import RunState, fold
-from eventstore import EventStore, MemoryEventStore, SqliteEventStore, parse_time
+from steplog.engine import records as r
+from steplog.engine.invocation import Outcome
+from steplog.engine.state import RunState, fold
+from steplog.eventstore import EventStore, MemoryEventStore, SqliteEventStore, parse_time
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 BACKOFF = timedelta(seconds=1)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engine import (
+from steplog.engine import (
     Context,
     Engine,
     FunctionDef,
@@ -24,8 +24,8 @@ from engine import (
     define_function,
     queries,
 )
-from engine import records as r
-from eventstore import EventStore, MemoryEventStore, NewEntry
+from steplog.engine import records as r
+from steplog.eventstore import EventStore, MemoryEventStore, NewEntry
 
 TRIGGER = TriggerEvent(event="app/go")
 

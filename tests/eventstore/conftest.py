@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from eventstore import Change, Delete, Entry, EventStore, MemoryEventStore, SqliteEventStore, Table, Upsert
+from steplog.eventstore import Change, Delete, Entry, EventStore, MemoryEventStore, SqliteEventStore, Table, Upsert
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from eventstore import (
+from steplog.eventstore import (
     Append,
     Committed,
     ConcurrencyError,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-import eventstore.sqlite as sqlite_backend
-from eventstore import (
+import steplog.eventstore.sqlite as sqlite_backend
+from steplog.eventstore import (
     Append,
     Committed,
     ConcurrencyError,

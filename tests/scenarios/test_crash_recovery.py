@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from engine import RunProjector
-from eventstore import SqliteEventStore, parse_time
+from steplog.engine import RunProjector
+from steplog.eventstore import SqliteEventStore, parse_time
 
 APP = Path(__file__).with_name("crash_app.py")
 POLL_S = 0.005
