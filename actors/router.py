@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import pykka
 
+from steplog.actors.base import Actor
 from steplog.actors.activity import Activity
 from steplog.actors.messages import StartRun
 from steplog.engine import Engine
@@ -24,10 +25,9 @@ class Send:
     reply: pykka.Future[Any]
 
 
-class EventRouter(pykka.ThreadingActor):
+class EventRouter(Actor):
     """Accepts events and starts the runs they trigger."""
 
-    use_daemon_thread = True
 
     def __init__(self, engine: Engine, supervisors: Mapping[str, pykka.ActorRef[Any]], activity: Activity) -> None:
         super().__init__()

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import pykka
 
+from steplog.actors.base import Actor
 from steplog.actors.activity import Activity
 from steplog.actors.messages import RunCrashed, RunEnded
 from steplog.engine import Engine
@@ -34,10 +35,9 @@ class ExecuteRun:
     supervisor: pykka.ActorRef[Any]
 
 
-class RunWorker(pykka.ThreadingActor):
+class RunWorker(Actor):
     """Executes invocations, one at a time, for any function."""
 
-    use_daemon_thread = True
 
     def __init__(self, engine: Engine, pool: WorkerPool, activity: Activity) -> None:
         super().__init__()

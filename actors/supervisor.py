@@ -14,6 +14,7 @@ from typing import Any
 
 import pykka
 
+from steplog.actors.base import Actor
 from steplog.actors.activity import Activity
 from steplog.actors.messages import Arm, RunCrashed, RunEnded, StartRun
 from steplog.actors.run import ExecuteRun, WorkerPool
@@ -27,10 +28,9 @@ MAX_RESTARTS = 3
 log = logging.getLogger("steplog.supervisor")
 
 
-class FunctionSupervisor(pykka.ThreadingActor):
+class FunctionSupervisor(Actor):
     """Admits the runs of one function and watches over their actors."""
 
-    use_daemon_thread = True
 
     def __init__(
         self,

@@ -15,15 +15,15 @@ from typing import Any
 
 import pykka
 
+from steplog.actors.base import Actor
 from steplog.actors.activity import Activity
 from steplog.actors.messages import Arm, StartRun, Tick
 from steplog.engine.clock import Clock
 
 
-class TimerActor(pykka.ThreadingActor):
+class TimerActor(Actor):
     """A heap of (due, run) that starts each run at its time, never earlier."""
 
-    use_daemon_thread = True
 
     def __init__(self, clock: Clock, activity: Activity, supervisors: Mapping[str, pykka.ActorRef[Any]]) -> None:
         super().__init__()

@@ -18,6 +18,7 @@ from typing import Any
 
 import pykka
 
+from steplog.actors.base import Actor
 from steplog.actors.messages import Commit, Reply
 from steplog.engine.clock import Clock
 from steplog.eventstore import EventStore, StorageError, StoreBusyError
@@ -27,10 +28,9 @@ BUSY_ATTEMPTS = 12
 """Each attempt waits out SQLite's busy timeout (5 s): about a minute in all before the engine stops."""
 
 
-class StoreWriter(pykka.ThreadingActor):
+class StoreWriter(Actor):
     """Owns all writes to the event store."""
 
-    use_daemon_thread = True
 
     def __init__(self, store: EventStore, clock: Clock, on_storage_failure: Callable[[StorageError], None]) -> None:
         super().__init__()
