@@ -84,6 +84,7 @@ class EventStore(ABC):
         recorded_at = format_time(now)
         with self._transaction():
             plan = Plan()
+            self._prefetch_versions(plan, appends)
             next_position = self._last_position() + 1
             results: list[Committed | ConcurrencyError] = []
             for append in appends:
@@ -243,6 +244,9 @@ class EventStore(ABC):
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """A write transaction; everything in it is durable together, or not at all."""
+
+    def _prefetch_versions(self, plan: Plan, appends: Sequence[Append]) -> None:
+        """Read the versions of the streams a commit touches, in as few reads as the backend can."""
 
     def _snapshot(self) -> AbstractContextManager[None]:
         """A consistent read of the log and projections; by default a write transaction."""

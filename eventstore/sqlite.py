@@ -24,7 +24,7 @@ import sqlite_utils
 from steplog.eventstore.base import EventStore, KeyRecord, Plan, Range
 from steplog.eventstore.errors import StorageError, StoreBusyError
 from steplog.eventstore.projections import Change, Projector, Row, Table, Upsert, coalesce
-from steplog.eventstore.records import Entry
+from steplog.eventstore.records import Append, Entry
 
 Synchronous = Literal["FULL", "NORMAL", "OFF", "EXTRA"]
 _SYNCHRONOUS_MODES = ("FULL", "NORMAL", "OFF", "EXTRA")
@@ -220,6 +220,24 @@ class SqliteEventStore(EventStore):
             pass
 
     # -- primitives used while planning a commit -------------------------------------------
+
+    def _prefetch_versions(self, plan: Plan, appends: Sequence[Append]) -> None:
+        # A send of many events opens many new streams; one query per 500 streams instead of one each.
+        wanted = {
+            write.stream
+            for append in appends
+            for write in (*append.writes, *append.on_duplicate)
+            if write.stream not in self._versions
+        }
+        names = sorted(wanted)
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            found = dict(self._writer.execute(
+                f"SELECT stream, max(version) FROM log WHERE stream IN ({', '.join('?' for _ in chunk)}) GROUP BY stream",
+                chunk,
+            ).fetchall())
+            for stream in chunk:
+                plan.versions[stream] = int(found.get(stream) or 0)
 
     def _stream_version(self, stream: str) -> int:
         cached = self._versions.get(stream)
