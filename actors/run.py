@@ -75,17 +75,23 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._idle: list[pykka.ActorRef[RunWorker]] = []
         self._backlog: deque[ExecuteRun] = deque()
+        self._starting = 0
         self.workers: list[pykka.ActorRef[RunWorker]] = []
 
     def submit(self, message: ExecuteRun) -> None:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
-            if worker is None and len(self.workers) < self._max_workers:
-                worker = RunWorker.start(self._engine, self, self._activity)
-                self.workers.append(worker)
             if worker is None:
-                self._backlog.append(message)
-                return
+                if len(self.workers) + self._starting >= self._max_workers:
+                    self._backlog.append(message)
+                    return
+                self._starting += 1
+        if worker is None:
+            # Starting a thread takes a while; other workers must not wait for it on the lock.
+            worker = RunWorker.start(self._engine, self, self._activity)
+            with self._lock:
+                self._starting -= 1
+                self.workers.append(worker)
         worker.tell(message)
 
     def done(self, worker: pykka.ActorRef[RunWorker]) -> None:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from datetime import datetime
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+_FROM_RFC4648 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
+
+
 def new_ulid(moment: datetime, randomness: bytes | None = None) -> str:
     """A ULID: 48 bits of milliseconds then 80 random bits, 26 characters, sortable by time."""
     millis = int(moment.timestamp() * 1000)
     value = (millis << 80) | int.from_bytes(randomness or os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        value, index = divmod(value, 32)
-        chars.append(_ALPHABET[index])
-    return "".join(reversed(chars))
+    # 2 zero bits then the 128 bits make the 26 five-bit digits; base64's C base32 encoder does the
+    # digit work (a Python loop of 26 divmods cost more than the rest of routing an event).
+    padded = (value << 30).to_bytes(20, "big")
+    return base64.b32encode(padded)[:26].decode("ascii").translate(_FROM_RFC4648)
 
 
 class StepKeys:
