@@ -13,6 +13,7 @@ Why not one pykka actor (one thread) per run: starting and stopping a pykka thre
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -102,11 +103,12 @@ class WorkerPool:
             message = self._backlog.popleft()
         worker.tell(message)
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, deadline: float) -> None:
+        """Stop every worker, waiting for them until ``deadline`` (a time.monotonic() value)."""
         with self._lock:
             workers, self.workers, self._idle = list(self.workers), [], []
             self._backlog.clear()
         for worker in workers:
             worker.stop(block=False)
         for worker in workers:
-            worker.actor_stopped.wait(timeout)
+            worker.actor_stopped.wait(max(0.0, deadline - time.monotonic()))

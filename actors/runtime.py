@@ -11,6 +11,7 @@ sends events to. It builds the actors on start and stops them on stop.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Generator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -171,9 +172,15 @@ class Steplog:
         return self
 
     def _lock_database(self) -> None:
-        store = self.store
-        if isinstance(store, SqliteEventStore) and store.path != ":memory:":
-            self._db_lock = DatabaseLock(store.path)
+        # Before the store is opened: a refused second engine must not touch the file at all.
+        if isinstance(self._db, SqliteEventStore):
+            path = self._db.path
+        elif isinstance(self._db, EventStore):
+            return
+        else:
+            path = str(self._db)
+        if path != ":memory:":
+            self._db_lock = DatabaseLock(path)
             self._db_lock.acquire()
 
     def _start_clock(self, timer: pykka.ActorRef[TimerActor]) -> None:
@@ -207,16 +214,17 @@ class Steplog:
         """
         if not self._started:
             return
+        deadline = time.monotonic() + timeout
         if self._failure is None:
             self._activity.wait_idle(timeout)
         for cleanup in reversed(self._cleanup):
             cleanup()
         self._cleanup.clear()
-        self._pool.stop(timeout)
+        self._pool.stop(deadline)
         for ref in self._actors:
             ref.stop(block=False)
         for ref in self._actors:
-            ref.actor_stopped.wait(timeout)
+            ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
         self._started = False
         self.store.close()
         self._store = None

@@ -95,3 +95,36 @@ def test_a_second_engine_on_the_same_file_is_refused(db_path: Path) -> None:
     with second:  # the first one's stop released the file
         [event_id] = second.send({"name": "app/job"})
         assert second.runs_for_event(event_id)[0].result(timeout=WAIT) == 3
+
+
+def test_stop_gives_up_on_a_step_that_does_not_return_and_the_run_resumes_next_time(db_path: Path) -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+    calls: list[int] = []
+
+    def register(client: steplog.Steplog) -> None:
+        @client.create_function(fn_id="slow", trigger=steplog.TriggerEvent(event="app/slow"))
+        def slow(ctx: steplog.Context) -> str:
+            return ctx.step.run("wait", wait_once)
+
+    def wait_once() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(WAIT)  # the first attempt hangs until the test lets it go
+        return "done"
+
+    first = steplog.Steplog(db=db_path)
+    register(first)
+    first.start()
+    [event_id] = first.send({"name": "app/slow"})
+    began = time.monotonic()
+    first.stop(timeout=0.3)
+    assert time.monotonic() - began < 3  # one deadline for everything, not one per actor
+    second = steplog.Steplog(db=db_path)
+    register(second)
+    with second:
+        assert second.runs_for_event(event_id)[0].result(timeout=WAIT) == "done"
+    release.set()
+    assert len(calls) == 2
