@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import attrs
-
 from steplog.eventstore import Append
 
 

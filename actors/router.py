@@ -8,9 +8,8 @@ from typing import Any
 
 import attrs
 import pykka
-
-from steplog.actors.base import Actor
 from steplog.actors.activity import Activity
+from steplog.actors.base import Actor
 from steplog.actors.messages import StartRun
 from steplog.engine import Engine
 from steplog.engine.routing import ScheduledRun
@@ -27,7 +26,6 @@ class Send:
 
 class EventRouter(Actor):
     """Accepts events and starts the runs they trigger."""
-
 
     def __init__(self, engine: Engine, supervisors: Mapping[str, pykka.ActorRef[Any]], activity: Activity) -> None:
         super().__init__()

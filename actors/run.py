@@ -19,9 +19,8 @@ from typing import Any
 
 import attrs
 import pykka
-
-from steplog.actors.base import Actor
 from steplog.actors.activity import Activity
+from steplog.actors.base import Actor
 from steplog.actors.messages import RunCrashed, RunEnded
 from steplog.engine import Engine
 from steplog.engine.state import RunState
@@ -38,7 +37,6 @@ class ExecuteRun:
 
 class RunWorker(Actor):
     """Executes invocations, one at a time, for any function."""
-
 
     def __init__(self, engine: Engine, pool: WorkerPool, activity: Activity) -> None:
         super().__init__()

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pykka
-
 from steplog.actors.activity import Activity
 from steplog.actors.dblock import DatabaseLock
 from steplog.actors.errors import EngineStoppedError

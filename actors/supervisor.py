@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pykka
-
-from steplog.actors.base import Actor
 from steplog.actors.activity import Activity
+from steplog.actors.base import Actor
 from steplog.actors.messages import Arm, RunCrashed, RunEnded, StartRun
 from steplog.actors.run import ExecuteRun, WorkerPool
 from steplog.engine import Engine
@@ -30,7 +29,6 @@ log = logging.getLogger("steplog.supervisor")
 
 class FunctionSupervisor(Actor):
     """Admits the runs of one function and watches over their actors."""
-
 
     def __init__(
         self,

@@ -14,16 +14,14 @@ from datetime import datetime
 from typing import Any
 
 import pykka
-
-from steplog.actors.base import Actor
 from steplog.actors.activity import Activity
+from steplog.actors.base import Actor
 from steplog.actors.messages import Arm, StartRun, Tick
 from steplog.engine.clock import Clock
 
 
 class TimerActor(Actor):
     """A heap of (due, run) that starts each run at its time, never earlier."""
-
 
     def __init__(self, clock: Clock, activity: Activity, supervisors: Mapping[str, pykka.ActorRef[Any]]) -> None:
         super().__init__()

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pykka
-
 from steplog.actors.base import Actor
 from steplog.actors.messages import Commit, Reply
 from steplog.engine.clock import Clock
@@ -30,7 +29,6 @@ BUSY_ATTEMPTS = 12
 
 class StoreWriter(Actor):
     """Owns all writes to the event store."""
-
 
     def __init__(self, store: EventStore, clock: Clock, on_storage_failure: Callable[[StorageError], None]) -> None:
         super().__init__()

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-
 from steplog.engine.errors import EventError
 from steplog.engine.ids import new_ulid
 from steplog.engine.jsonvalues import NotJSONError, encode, size_of

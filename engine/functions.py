@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-
 from steplog.engine.errors import DefinitionError
 from steplog.engine.retry import RetryPolicy
 from steplog.engine.triggers import MAX_TRIGGERS, CompiledTrigger, TriggerEvent, compile_trigger

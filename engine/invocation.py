@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import attrs
-
 from steplog.engine import records as r
 from steplog.engine.clock import Clock
 from steplog.engine.errors import NondeterminismError, NonRetriableError, StepError

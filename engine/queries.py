@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import attrs
-
 from steplog.engine import records as r
 from steplog.engine.clock import SystemClock
 from steplog.engine.durations import parse_duration

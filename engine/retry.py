@@ -11,7 +11,6 @@ import random
 from datetime import datetime, timedelta
 
 import attrs
-
 from steplog.engine.durations import Duration, parse_duration
 from steplog.engine.errors import NonRetriableError, RetryAfterError
 

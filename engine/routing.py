@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
-
 from steplog.engine import records as r
 from steplog.engine.events import ReceivedEvent
 from steplog.engine.expressions import ExpressionError

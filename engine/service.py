@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
-
 from steplog.engine import records as r
 from steplog.engine.clock import Clock, ManualClock, SystemClock
 from steplog.engine.context import make_context
@@ -25,7 +24,16 @@ from steplog.engine.invocation import Invocation, Outcome
 from steplog.engine.limits import Limits
 from steplog.engine.routing import ScheduledRun, route
 from steplog.engine.state import RunState, fold
-from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite, format_time, parse_time
+from steplog.eventstore import (
+    Append,
+    Committed,
+    ConcurrencyError,
+    EventStore,
+    NewEntry,
+    StreamWrite,
+    format_time,
+    parse_time,
+)
 
 Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
 EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-
 from steplog.engine import records as r
 from steplog.engine.records import ErrorInfo
 from steplog.eventstore import Entry

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-
 from steplog.engine.errors import DefinitionError
 from steplog.engine.expressions import Expression, ExpressionError, compile_expression
 

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-
 from steplog.eventstore.errors import ConcurrencyError, StoreClosedError
 from steplog.eventstore.projections import (
     Change,

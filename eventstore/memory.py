@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import attrs
-
 from steplog.eventstore.base import EventStore, KeyRecord, Plan, Range, apply_change
 from steplog.eventstore.projections import Change, Projector, Row, Table, Upsert
 from steplog.eventstore.records import Entry

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs
-
 from steplog.eventstore.records import Entry
 
 Row = dict[str, Any]

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlite_utils
-
 from steplog.eventstore.base import EventStore, KeyRecord, Plan, Range
 from steplog.eventstore.errors import StorageError, StoreBusyError
 from steplog.eventstore.projections import Change, Projector, Row, Table, Upsert, coalesce
