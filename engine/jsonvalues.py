@@ -10,10 +10,14 @@ class NotJSONError(TypeError):
     """A value cannot be recorded because it is not JSON."""
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""Built once: json.dumps with options builds a new encoder on every call, and this runs per step."""
+
+
 def encode(value: Any, *, what: str) -> str:
     """Compact JSON text of ``value``, or NotJSONError naming ``what`` and the offending type."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as error:
         raise NotJSONError(f"{what} is not JSON: {error}") from None
 

@@ -382,8 +382,11 @@ class SqliteEventStore(EventStore):
                 self._writer.execute(*_upsert_sql(self.table(name), row))
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dump(data: object) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(data)
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
