@@ -139,7 +139,16 @@ class Context:
     function_id: str
     attempt: int
     step: Any = None
-    logger: Any = None
+    _invocation: Invocation | None = None
+    _logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger named ``steplog.function.<id>`` that stays quiet while the function replays."""
+        if self._logger is None:
+            assert self._invocation is not None
+            self._logger = _logger(self._invocation)
+        return self._logger
 
 
 def make_context(invocation: Invocation) -> Context:
@@ -151,8 +160,8 @@ def make_context(invocation: Invocation) -> Context:
         run_id=invocation.state.run_id,
         function_id=invocation.function.id,
         attempt=invocation.state.run_failures,
+        invocation=invocation,
     )
     step_class = AsyncStep if invocation.function.is_async else Step
     context.step = step_class(invocation, context)
-    context.logger = _logger(invocation)
     return context
