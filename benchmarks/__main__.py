@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ class Options:
     systems: tuple[str, ...]
     sizes: wl.Sizes
     json_path: Path | None
+    repeat: int
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -68,13 +70,25 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--json", dest="json_path", type=Path, help="write one JSON object per line"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run each point N times, systems interleaved, and report the median"
+        " (default 3; 1 with --quick)",
+    )
     ns = parser.parse_args(argv)
+    repeat = ns.repeat if ns.repeat is not None else (1 if ns.quick else 3)
+    if repeat < 1:
+        parser.error("--repeat must be at least 1")
     workloads = tuple(dict.fromkeys(ns.workloads)) or wl.WORKLOADS
     return Options(
         workloads=workloads,
         systems=ns.systems,
         sizes=wl.QUICK if ns.quick else wl.FULL,
         json_path=ns.json_path,
+        repeat=repeat,
     )
 
 
@@ -179,11 +193,27 @@ def run_all(options: Options, systems: tuple[str, ...]) -> tuple[list[Record], i
     failures = 0
     for workload in options.workloads:
         for size in options.sizes.points(workload):
-            for system in systems:
-                got = run_child(system, workload, size)
-                failures += not got
-                records.extend(got)
+            samples: dict[str, list[Record]] = {system: [] for system in systems}
+            for _ in range(options.repeat):
+                for system in systems:  # interleaved, so that a noisy minute hits both systems
+                    got = run_child(system, workload, size)
+                    failures += not got
+                    samples[system].extend(got)
+            records.extend(median_record(got) for got in samples.values() if got)
     return records, failures
+
+
+def median_record(samples: list[Record]) -> Record:
+    """One record whose figures are the medians of the samples; ``repeats`` says how many."""
+    merged = dict(samples[0])
+    for key in (*wl.FIGURES, "send_seconds"):
+        values = [s.get(key) for s in samples]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            merged[key] = round(statistics.median(values), 3)  # type: ignore[arg-type]
+    merged["repeats"] = len(samples)
+    if "steps_per_s" in merged:
+        merged["steps_per_s_range"] = [min(s["steps_per_s"] for s in samples), max(s["steps_per_s"] for s in samples)]
+    return merged
 
 
 # --------------------------------------------------------------------------- table
