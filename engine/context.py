@@ -11,9 +11,11 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
+from steplog.engine.durations import Duration, parse_duration
 from steplog.engine.errors import StepError
 from steplog.engine.events import Event
 from steplog.engine.ids import StepKeys
@@ -62,6 +64,24 @@ class _StepCore:
             raise StepError(key, error["name"], error["message"], error.get("stack"))
         return record.output
 
+    def _sleep(self, step_id: str, wake_at: Callable[[], datetime]) -> None:
+        if not isinstance(step_id, str) or not step_id:
+            raise self._invocation.abort("StepIdError", f"a step id must be a non-empty string, got {step_id!r}")
+        key = self._keys.next(step_id)
+        if self._invocation.memoized(key, SLEEP_KIND) is not None:
+            return
+        self._invocation.check_step_limit()
+        try:
+            deadline = wake_at()
+        except ValueError as error:
+            raise self._invocation.abort("SleepError", f"step {key!r}: {error}") from None
+        if deadline - self._invocation.clock.now() > MAX_SLEEP:
+            raise self._invocation.abort("SleepError", f"step {key!r}: a sleep may last at most 366 days")
+        self._invocation.sleep_until(key, step_id, deadline)
+
+    def _after(self, duration: Duration) -> Callable[[], datetime]:
+        return lambda: self._invocation.clock.now() + parse_duration(duration, what="sleep duration")
+
     def _finish(self, key: str, step_id: str, started: Any, outcome: tuple[bool, Any]) -> Any:
         self._invocation.in_step = False
         self._context.attempt = self._invocation.state.run_failures
@@ -71,7 +91,9 @@ class _StepCore:
         self._invocation.record_failure(key, step_id, RUN_KIND, value, started)
 
 
-_NOT_YET = ("sleep", "sleep_until", "wait_for_event", "invoke", "send_event")
+_NOT_YET = ("wait_for_event", "invoke", "send_event")
+SLEEP_KIND = "sleep"
+MAX_SLEEP = timedelta(days=366)
 
 
 class _Roadmap:
@@ -89,6 +111,14 @@ class _Roadmap:
 
 class Step(_Roadmap, _StepCore):
     """Steps for ``def`` functions."""
+
+    def sleep(self, step_id: str, duration: Duration) -> None:
+        """Sleep durably for ``duration`` (timedelta, seconds, or text like "1h30m"); no thread is held."""
+        self._sleep(step_id, self._after(duration))
+
+    def sleep_until(self, step_id: str, when: datetime | str) -> None:
+        """Sleep durably until ``when`` (an aware datetime or ISO 8601 text); a past time returns at once."""
+        self._sleep(step_id, lambda: wake_time(when))
 
     def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``handler(*args, **kwargs)`` once as a retriable step; return its committed result."""
@@ -109,6 +139,14 @@ class Step(_Roadmap, _StepCore):
 class AsyncStep(_Roadmap, _StepCore):
     """Steps for ``async def`` functions: each method is awaited."""
 
+    async def sleep(self, step_id: str, duration: Duration) -> None:
+        """Sleep durably for ``duration`` (timedelta, seconds, or text like "1h30m"); no thread is held."""
+        self._sleep(step_id, self._after(duration))
+
+    async def sleep_until(self, step_id: str, when: datetime | str) -> None:
+        """Sleep durably until ``when`` (an aware datetime or ISO 8601 text); a past time returns at once."""
+        self._sleep(step_id, lambda: wake_time(when))
+
     async def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``handler(*args, **kwargs)`` once as a retriable step; return its committed result."""
         key, record, done = self._begin(step_id)
@@ -123,6 +161,20 @@ class AsyncStep(_Roadmap, _StepCore):
         except Exception as error:  # noqa: BLE001 - any error of the step body is the step's failure
             outcome = (False, error)
         return self._finish(key, step_id, started, outcome)
+
+
+def wake_time(when: datetime | str) -> datetime:
+    """An aware datetime from a datetime or ISO 8601 text; ValueError otherwise."""
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{when!r} is not an ISO 8601 time") from None
+    if not isinstance(when, datetime):
+        raise ValueError(f"sleep_until needs a datetime or ISO 8601 text, got {type(when).__name__}")
+    if when.tzinfo is None:
+        raise ValueError(f"{when.isoformat()} has no time zone; give an aware datetime or a UTC offset")
+    return when
 
 
 async def _await(awaitable: Any) -> Any:

@@ -27,9 +27,10 @@ from steplog.engine.jsonvalues import NotJSONError, encode, size_of
 from steplog.engine.limits import Limits
 from steplog.engine.records import ErrorInfo, error_info
 from steplog.engine.state import RunState, StepRecord
-from steplog.eventstore import NewEntry, format_time
+from steplog.eventstore import NewEntry, format_time, parse_time
 
 Commit = Callable[[Sequence[NewEntry]], None]
+SLEEP_KIND = "sleep"
 
 
 class _Suspend(BaseException):
@@ -173,6 +174,25 @@ class Invocation:
         self.commit(NewEntry(r.STEP_FAILED, {**base, "n": len(self.state.memo) + 1}))
         raise StepError(key, info["name"], info["message"], info["stack"]) from error
 
+    def sleep_until(self, key: str, step_id: str, wake_at: datetime) -> None:
+        """A durable sleep. The deadline is written once, at the first call; the run then waits
+        with no thread, and this step completes on the first invocation at or after it."""
+        now = self.clock.now()
+        planned = self.state.sleeps.get(key)
+        if planned is None and wake_at > now:
+            data = {"step": key, "id": step_id, "kind": SLEEP_KIND, "started_at": format_time(now),
+                    "wake_at": format_time(wake_at)}
+            self.commit(NewEntry(r.STEP_SLEEPING, data))
+            raise self._interrupted(_Suspend(wake_at))
+        if planned is not None and parse_time(planned) > now:
+            raise self._interrupted(_Suspend(parse_time(planned)))  # woken early: wait again, never run early
+        started = parse_time(self._sleep_started(key)) if planned is not None else now
+        base = self._step_base(key, step_id, SLEEP_KIND, started)
+        self.commit(NewEntry(r.STEP_COMPLETED, {**base, "n": len(self.state.memo) + 1, "output": None}))
+
+    def _sleep_started(self, key: str) -> str:
+        return self.state.sleeps_started.get(key) or format_time(self.clock.now())
+
     def _now(self) -> str:
         return format_time(self.clock.now())
 
@@ -208,6 +228,10 @@ class Invocation:
     def _run(self, context: Any) -> Outcome:
         if self.state.finished:
             return Outcome(self.state.status, self.state.output, self.state.error)
+        if not self.state.started and self.state.ready_at is not None:
+            ready_at = parse_time(self.state.ready_at)
+            if ready_at > self.clock.now():  # an event's ts in the future: not before then
+                return Outcome("waiting", wake_at=ready_at)
         try:
             output = self._call(context)
         except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here

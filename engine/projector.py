@@ -5,7 +5,7 @@
 | runs   | run_id      | every run: function, status, first event, times, output or error     |
 | events | internal_id | every received event (duplicates too): name, user id, ts, data      |
 | queue  | run_id      | runs scheduled and not yet started, in order, with when they are ready |
-| timers | run_id      | runs waiting for a time (retry backoff), with when they are due      |
+| timers | run_id      | runs waiting for a time (retry backoff, a sleep), with when they are due |
 
 Steps change no projection: the step path writes one log row and nothing else. The runs table
 counts a run's steps when it ends.
@@ -101,6 +101,12 @@ def _resumed(entry: Entry, run_id: str) -> list[Change]:
     return [Upsert("runs", run), Delete("timers", {"run_id": run_id})]
 
 
+def _sleeping(entry: Entry, run_id: str) -> list[Change]:
+    run = {"run_id": run_id, "status": "waiting", "updated_at": entry.recorded_at}
+    timer = {"run_id": run_id, "due_at": entry.data["wake_at"], "reason": f"sleep {entry.data['step']}"}
+    return [Upsert("runs", run), Upsert("timers", timer)]
+
+
 def _errored(entry: Entry, run_id: str) -> list[Change]:
     reason = f"retry step {entry.data['step']}" if "step" in entry.data else "retry run"
     run = {"run_id": run_id, "status": "waiting", "updated_at": entry.recorded_at}
@@ -126,6 +132,7 @@ _HANDLERS: dict[str, Any] = {
     r.RUN_STARTED: _started,
     r.RUN_RESUMED: _resumed,
     r.STEP_ERRORED: _errored,
+    r.STEP_SLEEPING: _sleeping,
     r.RUN_ERRORED: _errored,
     r.RUN_COMPLETED: _ended("completed", "output"),
     r.RUN_FAILED: _ended("failed", "error"),

@@ -25,10 +25,12 @@ class StepAttempt:
     status: str
     """``completed``, ``errored`` (will be retried) or ``failed`` (final)."""
     started_at: str
-    ended_at: str
+    ended_at: str | None
     output: Any = None
     error: dict[str, Any] | None = None
     retry_at: str | None = None
+    wake_at: str | None = None
+    """For a sleep that has begun: when it ends."""
 
 
 @attrs.frozen
@@ -165,7 +167,9 @@ def run_history(store: EventStore, run_id: str) -> RunHistory:
     return RunHistory(run, [a for a in map(_attempt, entries) if a is not None], entries)
 
 
-_ATTEMPT_STATUS = {r.STEP_COMPLETED: "completed", r.STEP_ERRORED: "errored", r.STEP_FAILED: "failed"}
+_ATTEMPT_STATUS = {
+    r.STEP_COMPLETED: "completed", r.STEP_ERRORED: "errored", r.STEP_FAILED: "failed", r.STEP_SLEEPING: "sleeping"
+}
 
 
 def _attempt(entry: Entry) -> StepAttempt | None:
@@ -174,7 +178,7 @@ def _attempt(entry: Entry) -> StepAttempt | None:
         return None
     data = entry.data
     return StepAttempt(
-        step=data["step"], id=data["id"], kind=data["kind"], attempt=data["attempt"], status=status,
-        started_at=data["started_at"], ended_at=data["ended_at"], output=data.get("output"),
-        error=data.get("error"), retry_at=data.get("retry_at"),
+        step=data["step"], id=data["id"], kind=data["kind"], attempt=data.get("attempt", 0), status=status,
+        started_at=data["started_at"], ended_at=data.get("ended_at"), output=data.get("output"),
+        error=data.get("error"), retry_at=data.get("retry_at"), wake_at=data.get("wake_at"),
     )

@@ -12,6 +12,7 @@ A run is the stream ``run/<run_id>``; an event is the stream ``event/<internal i
 | step.completed  | step, id, kind, n, attempt, output, started_at, ended_at              |
 | step.errored    | step, id, kind, attempt, error, retry_at, started_at, ended_at        |
 | step.failed     | step, id, kind, n, attempt, error, started_at, ended_at               |
+| step.sleeping   | step, id, kind, started_at, wake_at (a durable sleep began)           |
 | run.errored     | attempt, error, retry_at                                              |
 | run.completed   | output, at, steps                                                     |
 | run.failed      | error, at, steps                                                      |
@@ -35,12 +36,13 @@ RUN_RESUMED = "run.resumed"
 STEP_COMPLETED = "step.completed"
 STEP_ERRORED = "step.errored"
 STEP_FAILED = "step.failed"
+STEP_SLEEPING = "step.sleeping"
 RUN_ERRORED = "run.errored"
 RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 
 RUN_TYPES = (
-    RUN_SCHEDULED, RUN_STARTED, RUN_RESUMED, STEP_COMPLETED, STEP_ERRORED, STEP_FAILED, RUN_ERRORED, RUN_COMPLETED, RUN_FAILED
+    RUN_SCHEDULED, RUN_STARTED, RUN_RESUMED, STEP_COMPLETED, STEP_ERRORED, STEP_FAILED, STEP_SLEEPING, RUN_ERRORED, RUN_COMPLETED, RUN_FAILED
 )
 ErrorInfo = dict[str, Any]
 

@@ -8,7 +8,7 @@ expression that fails on an event is recorded on that event and does not start t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -80,6 +80,10 @@ def _match(event: dict[str, Any], functions: Sequence[FunctionDef]) -> tuple[lis
     return matched, errors
 
 
+def _event_time(event: dict[str, Any]) -> datetime:
+    return datetime.fromtimestamp(event["ts"] / 1000, tz=timezone.utc)
+
+
 def _schedule(function: FunctionDef, received: ReceivedEvent, event: dict[str, Any], now: datetime) -> ScheduledRun:
     run_id = new_ulid(now)
     data = {
@@ -87,6 +91,6 @@ def _schedule(function: FunctionDef, received: ReceivedEvent, event: dict[str, A
         "function_id": function.id,
         "event_ids": [received.internal_id],
         "events": [event],
-        "ready_at": format_time(now),
+        "ready_at": format_time(max(now, _event_time(event))),
     }
     return ScheduledRun(run_id, function.id, NewEntry(r.RUN_SCHEDULED, data))

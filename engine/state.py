@@ -36,6 +36,12 @@ class RunState:
     output: Any = None
     error: ErrorInfo | None = None
     wake_at: str | None = None
+    ready_at: str | None = None
+    """When the run may start (an event's ``ts`` in the future delays it)."""
+    sleeps: dict[str, str] = attrs.Factory(dict)
+    """Sleeps begun and not yet completed: step key -> wake time."""
+    sleeps_started: dict[str, str] = attrs.Factory(dict)
+    """When each of those sleeps began."""
 
     @property
     def finished(self) -> bool:
@@ -60,6 +66,7 @@ def fold(run_id: str, entries: Iterable[Entry]) -> RunState:
 def _scheduled(state: RunState, data: dict[str, Any]) -> None:
     state.function_id = data["function_id"]
     state.events = data["events"]
+    state.ready_at = data.get("ready_at")
 
 
 def _started(state: RunState, data: dict[str, Any]) -> None:
@@ -69,7 +76,15 @@ def _started(state: RunState, data: dict[str, Any]) -> None:
 
 def _step_completed(state: RunState, data: dict[str, Any]) -> None:
     state.memo[data["step"]] = StepRecord(data["kind"], output=data.get("output"))
+    state.sleeps.pop(data["step"], None)
+    state.sleeps_started.pop(data["step"], None)
     state.status, state.wake_at = "running", None
+
+
+def _step_sleeping(state: RunState, data: dict[str, Any]) -> None:
+    state.sleeps[data["step"]] = data["wake_at"]
+    state.sleeps_started[data["step"]] = data["started_at"]
+    state.status, state.wake_at = "waiting", data["wake_at"]
 
 
 def _step_errored(state: RunState, data: dict[str, Any]) -> None:
@@ -102,6 +117,7 @@ _HANDLERS = {
     r.STEP_COMPLETED: _step_completed,
     r.STEP_ERRORED: _step_errored,
     r.STEP_FAILED: _step_failed,
+    r.STEP_SLEEPING: _step_sleeping,
     r.RUN_ERRORED: _run_errored,
     r.RUN_COMPLETED: _completed,
     r.RUN_FAILED: _failed,

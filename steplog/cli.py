@@ -462,7 +462,8 @@ def _attempt_rows(history: queries.RunHistory) -> list[list[str]]:
             rows.append([
                 step.step, str(step.attempt + 1), step.status, _when(step.started_at),
                 _when(step.ended_at, time_only=True), duration_text(step.started_at, step.ended_at),
-                _outcome_text(step.output, step.error, step.retry_at, step.ended_at),
+                _outcome_text(step.output, step.error, step.retry_at, step.ended_at)
+                if step.wake_at is None else f"sleeping until {_when(step.wake_at)}",
             ])
         elif entry.type == "run.errored":
             data = entry.data
