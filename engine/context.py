@@ -73,6 +73,8 @@ class _StepCore:
         self._invocation.check_step_limit()
         try:
             deadline = wake_at()
+        except OverflowError:  # now + a duration past datetime.max
+            raise self._invocation.abort("SleepError", f"step {key!r}: a sleep may last at most 366 days") from None
         except ValueError as error:
             raise self._invocation.abort("SleepError", f"step {key!r}: {error}") from None
         if deadline - self._invocation.clock.now() > MAX_SLEEP:

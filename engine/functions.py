@@ -48,7 +48,8 @@ def define_function(
     """Build a FunctionDef, raising DefinitionError naming the function and the problem."""
     if not isinstance(fn_id, str) or not _ID.match(fn_id):
         raise DefinitionError(
-            f"function id {fn_id!r} is invalid: use 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit"
+            f"function id {fn_id!r} is invalid: use 1-128 letters, digits, '-', '_' or '.',"
+            " starting with a letter or digit"
         )
     if not callable(handler):
         raise DefinitionError(f"function {fn_id!r}: the handler {handler!r} is not callable")

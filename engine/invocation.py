@@ -123,6 +123,9 @@ class Invocation:
         self.check_interrupt()
         record = self.state.memo.get(key)
         if record is None:
+            if kind != SLEEP_KIND and key in self.state.sleeps:  # begun as a sleep, not yet completed
+                changed = NondeterminismError(key, SLEEP_KIND, kind)
+                raise self._interrupted(_Abort(error_info(changed, with_stack=False)))
             self.live = True
             return None
         if record.kind != kind:

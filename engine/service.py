@@ -118,8 +118,11 @@ class Engine:
         state = state if state is not None else self.load(run_id)
         function = self.registry.get(state.function_id)
         if function is None:
-            raise FunctionNotFoundError(f"run {run_id} belongs to function {state.function_id!r}, which is not registered")
-        invocation = Invocation(function, state, commit=self._run_committer(state), clock=self.clock, limits=self.limits)
+            raise FunctionNotFoundError(
+                f"run {run_id} belongs to function {state.function_id!r}, which is not registered"
+            )
+        commit = self._run_committer(state)
+        invocation = Invocation(function, state, commit=commit, clock=self.clock, limits=self.limits)
         return invocation.run(make_context(invocation))
 
     def _run_committer(self, state: RunState) -> Callable[[Sequence[NewEntry]], None]:

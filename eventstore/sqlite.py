@@ -177,8 +177,9 @@ class SqliteEventStore(EventStore):
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
             if isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error)):
+                waited = f"waited {BUSY_TIMEOUT_MS / 1000:g} s"
                 raise StoreBusyError(
-                    f"{self.path} is locked by another connection (waited {BUSY_TIMEOUT_MS / 1000:g} s); nothing was written"
+                    f"{self.path} is locked by another connection ({waited}); nothing was written"
                 ) from error
             raise StorageError(f"SQLite failed to begin a transaction in {self.path}: {error}") from error
 
@@ -231,10 +232,9 @@ class SqliteEventStore(EventStore):
         names = sorted(wanted)
         for start in range(0, len(names), 500):
             chunk = names[start : start + 500]
-            found = dict(self._writer.execute(
-                f"SELECT stream, max(version) FROM log WHERE stream IN ({', '.join('?' for _ in chunk)}) GROUP BY stream",
-                chunk,
-            ).fetchall())
+            marks = ", ".join("?" for _ in chunk)
+            sql = f"SELECT stream, max(version) FROM log WHERE stream IN ({marks}) GROUP BY stream"
+            found = dict(self._writer.execute(sql, chunk).fetchall())
             for stream in chunk:
                 plan.versions[stream] = int(found.get(stream) or 0)
 

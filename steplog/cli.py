@@ -457,7 +457,7 @@ def _attempt_rows(history: queries.RunHistory) -> list[list[str]]:
     steps = iter(history.steps)
     rows: list[list[str]] = []
     for entry in history.entries:
-        if entry.type in ("step.completed", "step.errored", "step.failed"):
+        if entry.type in ("step.completed", "step.errored", "step.failed", "step.sleeping"):
             step = next(steps)
             rows.append([
                 step.step, str(step.attempt + 1), step.status, _when(step.started_at),
