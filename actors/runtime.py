@@ -155,6 +155,7 @@ class Steplog:
         self._engine = Engine(
             self.store, registry=self.registry, clock=self.clock, limits=self.limits, committer=commit_through(writer)
         )
+        self._engine.sender = self.send  # step.send_event goes through the router like any send
         self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
         timer = TimerActor.start(self.clock, self._activity, self._supervisors)
         self._pool = WorkerPool(self._engine, self._activity, self._max_workers)

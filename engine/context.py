@@ -81,6 +81,18 @@ class _StepCore:
             raise self._invocation.abort("SleepError", f"step {key!r}: a sleep may last at most 366 days")
         self._invocation.sleep_until(key, step_id, deadline)
 
+    def _send_event(self, step_id: str, events: Any) -> list[str]:
+        if not isinstance(step_id, str) or not step_id:
+            raise self._invocation.abort("StepIdError", f"a step id must be a non-empty string, got {step_id!r}")
+        key = self._keys.next(step_id)
+        record = self._invocation.memoized(key, SEND_KIND)
+        if record is not None:
+            return list(self._replayed(key, record))
+        self._invocation.check_step_limit()
+        items = [events] if isinstance(events, (Event, dict)) else list(events)
+        as_dicts = [item.to_dict() if isinstance(item, Event) else dict(item) for item in items]
+        return list(self._invocation.send_events(key, step_id, as_dicts))
+
     def _after(self, duration: Duration) -> Callable[[], datetime]:
         return lambda: self._invocation.clock.now() + parse_duration(duration, what="sleep duration")
 
@@ -93,8 +105,9 @@ class _StepCore:
         self._invocation.record_failure(key, step_id, RUN_KIND, value, started)
 
 
-_NOT_YET = ("wait_for_event", "invoke", "send_event")
+_NOT_YET = ("wait_for_event", "invoke")
 SLEEP_KIND = "sleep"
+SEND_KIND = "send_event"
 MAX_SLEEP = timedelta(days=366)
 
 
@@ -122,6 +135,10 @@ class Step(_Roadmap, _StepCore):
         """Sleep durably until ``when`` (an aware datetime or ISO 8601 text); a past time returns at once."""
         self._sleep(step_id, lambda: wake_time(when))
 
+    def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]) -> list[str]:
+        """Send events as a step; returns their ids. A replay returns the same ids and sends nothing."""
+        return self._send_event(step_id, events)
+
     def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``handler(*args, **kwargs)`` once as a retriable step; return its committed result."""
         key, record, done = self._begin(step_id)
@@ -148,6 +165,10 @@ class AsyncStep(_Roadmap, _StepCore):
     async def sleep_until(self, step_id: str, when: datetime | str) -> None:
         """Sleep durably until ``when`` (an aware datetime or ISO 8601 text); a past time returns at once."""
         self._sleep(step_id, lambda: wake_time(when))
+
+    async def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]) -> list[str]:
+        """Send events as a step; returns their ids. A replay returns the same ids and sends nothing."""
+        return self._send_event(step_id, events)
 
     async def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``handler(*args, **kwargs)`` once as a retriable step; return its committed result."""

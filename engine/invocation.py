@@ -30,7 +30,10 @@ from steplog.engine.state import RunState, StepRecord
 from steplog.eventstore import NewEntry, format_time, parse_time
 
 Commit = Callable[[Sequence[NewEntry]], None]
+Send = Callable[[list[dict[str, Any]]], list[str]]
+"""Sends events as the engine's ``send`` does and returns their ids once they are committed."""
 SLEEP_KIND = "sleep"
+SEND_KIND = "send_event"
 
 
 class _Suspend(BaseException):
@@ -70,12 +73,22 @@ class Outcome:
 class Invocation:
     """Runs a function once against a run's state, committing through ``commit``."""
 
-    def __init__(self, function: FunctionDef, state: RunState, *, commit: Commit, clock: Clock, limits: Limits) -> None:
+    def __init__(
+        self,
+        function: FunctionDef,
+        state: RunState,
+        *,
+        commit: Commit,
+        clock: Clock,
+        limits: Limits,
+        send: Send | None = None,
+    ) -> None:
         self.function = function
         self.state = state
         self.clock = clock
         self.limits = limits
         self._commit = commit
+        self.send = send
         self._pending_start = not state.started
         self._pending_resume = state.started and state.status == "waiting"
         self.memo_hits = 0
@@ -192,6 +205,25 @@ class Invocation:
         started = parse_time(self._sleep_started(key)) if planned is not None else now
         base = self._step_base(key, step_id, SLEEP_KIND, started)
         self.commit(NewEntry(r.STEP_COMPLETED, {**base, "n": len(self.state.memo) + 1, "output": None}))
+
+    def send_events(self, key: str, step_id: str, events: list[dict[str, Any]]) -> Any:
+        """Send events as a step: committed before the call returns, never sent twice.
+
+        Events without an ``id`` get one made of the run, the step and their position, so that a
+        replay after a crash between the send and the step's commit is deduplicated (24 h).
+        """
+        started = self.clock.now()
+        if self.send is None:
+            raise self.abort("UnsupportedStepError", "this engine has no way to send events")
+        stamped = [{**event, "id": event.get("id") or f"{self.state.run_id}:{key}:{index}"}
+                   for index, event in enumerate(events)]
+        try:
+            ids = self.send(stamped)
+        except (ValueError, TypeError) as error:  # a bad event: no retry can fix it
+            self.record_failure(key, step_id, SEND_KIND, NonRetriableError(str(error)), started)
+        except Exception as error:
+            raise self._interrupted(_HostFailure(error)) from error
+        return self.record_output(key, step_id, SEND_KIND, list(ids), started)
 
     def _sleep_started(self, key: str) -> str:
         return self.state.sleeps_started.get(key) or format_time(self.clock.now())

@@ -79,6 +79,8 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self.limits = limits or Limits()
         self.committer: Committer = committer or self._commit_directly
+        self.sender: Callable[[list[dict[str, Any]]], list[str]] = self.send
+        """How ``step.send_event`` sends: this engine's ``send``, or the runtime's router."""
         self._ready: deque[str] = deque()
         self._timers: list[tuple[datetime, str]] = []
 
@@ -122,7 +124,9 @@ class Engine:
                 f"run {run_id} belongs to function {state.function_id!r}, which is not registered"
             )
         commit = self._run_committer(state)
-        invocation = Invocation(function, state, commit=commit, clock=self.clock, limits=self.limits)
+        invocation = Invocation(
+            function, state, commit=commit, clock=self.clock, limits=self.limits, send=self.sender
+        )
         return invocation.run(make_context(invocation))
 
     def _run_committer(self, state: RunState) -> Callable[[Sequence[NewEntry]], None]:

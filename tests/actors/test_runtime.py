@@ -488,3 +488,28 @@ def test_queries_take_the_senders_event_id_and_times_as_text(clock: steplog.Manu
             client.list_events(since="yesterday")
         with pytest.raises(ValueError, match="unknown run status 'done'; statuses: queued"):
             client.list_runs(status="done")
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_send_event_from_a_function_goes_through_the_router(
+    clock: steplog.ManualClock, is_async: bool
+) -> None:
+    client = steplog.Steplog(db=":memory:", clock=clock)
+
+    if is_async:
+        @client.create_function(fn_id="parent", trigger=steplog.TriggerEvent(event="app/parent"))
+        async def parent(ctx: steplog.Context) -> list[str]:
+            return await ctx.step.send_event("notify", steplog.Event(name="app/child", data={"n": 1}))
+    else:
+        @client.create_function(fn_id="parent", trigger=steplog.TriggerEvent(event="app/parent"))
+        def parent(ctx: steplog.Context) -> list[str]:
+            return ctx.step.send_event("notify", steplog.Event(name="app/child", data={"n": 1}))
+
+    @client.create_function(fn_id="child", trigger=steplog.TriggerEvent(event="app/child"))
+    def child(ctx: steplog.Context) -> int:
+        return int(ctx.event.data["n"]) + 1
+
+    with client:
+        [event_id] = client.send({"name": "app/parent"})
+        [child_event] = only_run(client, event_id).result(timeout=WAIT)
+        assert only_run(client, child_event).result(timeout=WAIT) == 2

@@ -609,7 +609,7 @@ def test_a_bare_except_cannot_skip_a_step_retry(clock: ManualClock, store: Event
     assert queries.get_run(store, run_id)["output"] == ["A", "B"]
 
 
-@pytest.mark.parametrize("tool", ["wait_for_event", "invoke", "send_event"])
+@pytest.mark.parametrize("tool", ["wait_for_event", "invoke"])
 def test_an_inngest_step_tool_not_yet_here_fails_the_run_at_once(
     clock: ManualClock, store: EventStore, tool: str
 ) -> None:
