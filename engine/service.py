@@ -17,12 +17,12 @@ import attrs
 from steplog.engine import records as r
 from steplog.engine.clock import Clock, ManualClock, SystemClock
 from steplog.engine.context import make_context
-from steplog.engine.errors import FunctionNotFoundError, RunNotFoundError
+from steplog.engine.errors import EngineError, FunctionNotFoundError, RunNotFoundError
 from steplog.engine.events import Event, prepare_events
 from steplog.engine.functions import FunctionRegistry
 from steplog.engine.invocation import Invocation, Outcome
 from steplog.engine.limits import Limits
-from steplog.engine.routing import ScheduledRun, route
+from steplog.engine.routing import Routed, ScheduledRun, route
 from steplog.engine.state import RunState, fold
 from steplog.eventstore import (
     Append,
@@ -37,6 +37,19 @@ from steplog.eventstore import (
 
 Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
 EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]
+
+
+def _accepted(routed: list[Routed], results: list[Committed | ConcurrencyError]) -> Accepted | Exception:
+    runs: list[ScheduledRun] = []
+    duplicates: list[str] = []
+    for item, result in zip(routed, results):
+        if isinstance(result, ConcurrencyError):
+            return result
+        if result.duplicate_of is None:
+            runs.extend(item.runs)
+        else:
+            duplicates.append(item.received.internal_id)
+    return Accepted([item.received.internal_id for item in routed], runs, duplicates)
 
 
 class StaleRunError(Exception):
@@ -91,20 +104,28 @@ class Engine:
 
     def accept(self, events: EventInput) -> Accepted:
         """Check, route and commit events; nothing is accepted if any event is bad."""
+        [result] = self.accept_many([events])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def accept_many(self, sends: Sequence[EventInput]) -> list[Accepted | Exception]:
+        """Accept several sends in one commit; each is all-or-nothing, and a bad one spoils no other."""
         now = self.clock.now()
-        received = prepare_events(events, now=now, limits=self.limits)
-        routed = [route(item, self.registry.all(), now) for item in received]
-        results = self.committer([item.append for item in routed])
-        runs: list[ScheduledRun] = []
-        duplicates: list[str] = []
-        for item, result in zip(routed, results):
-            if isinstance(result, ConcurrencyError):
-                raise result
-            if result.duplicate_of is None:
-                runs.extend(item.runs)
-            else:
-                duplicates.append(item.received.internal_id)
-        return Accepted([item.received.internal_id for item in routed], runs, duplicates)
+        outcomes: list[Accepted | Exception | list[Routed]] = []
+        for events in sends:
+            try:
+                received = prepare_events(events, now=now, limits=self.limits)
+            except EngineError as error:
+                outcomes.append(error)
+                continue
+            outcomes.append([route(item, self.registry.all(), now) for item in received])
+        routed = [item for outcome in outcomes if isinstance(outcome, list) for item in outcome]
+        results = iter(self.committer([item.append for item in routed]))
+        return [
+            outcome if isinstance(outcome, Exception) else _accepted(outcome, [next(results) for _ in outcome])
+            for outcome in outcomes
+        ]
 
     # -- runs ------------------------------------------------------------------------------
 

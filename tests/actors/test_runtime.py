@@ -513,3 +513,36 @@ def test_send_event_from_a_function_goes_through_the_router(
         [event_id] = client.send({"name": "app/parent"})
         [child_event] = only_run(client, event_id).result(timeout=WAIT)
         assert only_run(client, child_event).result(timeout=WAIT) == 2
+
+
+def test_concurrent_sends_are_each_all_or_nothing(db_path: Path, clock: steplog.ManualClock) -> None:
+    client = steplog.Steplog(db=db_path, clock=clock)
+    greeter(client)
+    errors: list[BaseException] = []
+    accepted: list[str] = []
+    lock = threading.Lock()
+
+    def sender(i: int) -> None:
+        events: list[dict[str, Any]] = [{"name": "app/user.created", "data": {"name": f"u{i}"}}]
+        if i % 5 == 0:
+            events.append({"data": {"no": "name"}})  # spoils this send only
+        try:
+            ids = client.send(events)
+        except steplog.EventError as error:
+            with lock:
+                errors.append(error)
+            return
+        with lock:
+            accepted.extend(ids)
+
+    with client:
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        client.run_until_idle(timeout=WAIT)
+        assert len(errors) == 8 and all("has no name" in str(e) for e in errors)
+        assert len(accepted) == 32
+        assert sorted(e["internal_id"] for e in client.list_events(limit=None)) == sorted(accepted)
+        assert len(client.list_runs(status="completed", limit=None)) == 32
