@@ -19,9 +19,7 @@ from steplog.engine.durations import Duration, parse_duration
 from steplog.engine.errors import StepError
 from steplog.engine.events import Event
 from steplog.engine.ids import StepKeys
-from steplog.engine.invocation import Invocation
-
-RUN_KIND = "run"
+from steplog.engine.invocation import RUN_KIND, SEND_KIND, SLEEP_KIND, Invocation
 
 
 def _logger(invocation: Invocation) -> logging.LoggerAdapter[logging.Logger]:
@@ -46,10 +44,13 @@ class _StepCore:
         self._context = context
         self._keys = StepKeys()
 
-    def _begin(self, step_id: str) -> tuple[str, Any, bool]:
+    def _key(self, step_id: str) -> str:
         if not isinstance(step_id, str) or not step_id:
             raise self._invocation.abort("StepIdError", f"a step id must be a non-empty string, got {step_id!r}")
-        key = self._keys.next(step_id)
+        return self._keys.next(step_id)
+
+    def _begin(self, step_id: str) -> tuple[str, Any, bool]:
+        key = self._key(step_id)
         record = self._invocation.memoized(key, RUN_KIND)
         if record is not None:
             return key, record, True
@@ -65,9 +66,7 @@ class _StepCore:
         return record.output
 
     def _sleep(self, step_id: str, wake_at: Callable[[], datetime]) -> None:
-        if not isinstance(step_id, str) or not step_id:
-            raise self._invocation.abort("StepIdError", f"a step id must be a non-empty string, got {step_id!r}")
-        key = self._keys.next(step_id)
+        key = self._key(step_id)
         if self._invocation.memoized(key, SLEEP_KIND) is not None:
             return
         self._invocation.check_step_limit()
@@ -82,9 +81,7 @@ class _StepCore:
         self._invocation.sleep_until(key, step_id, deadline)
 
     def _send_event(self, step_id: str, events: Any) -> list[str]:
-        if not isinstance(step_id, str) or not step_id:
-            raise self._invocation.abort("StepIdError", f"a step id must be a non-empty string, got {step_id!r}")
-        key = self._keys.next(step_id)
+        key = self._key(step_id)
         record = self._invocation.memoized(key, SEND_KIND)
         if record is not None:
             return list(self._replayed(key, record))
@@ -106,8 +103,6 @@ class _StepCore:
 
 
 _NOT_YET = ("wait_for_event", "invoke")
-SLEEP_KIND = "sleep"
-SEND_KIND = "send_event"
 MAX_SLEEP = timedelta(days=366)
 
 
@@ -119,7 +114,10 @@ class _Roadmap:
 
     def __getattr__(self, name: str) -> Any:
         if name in _NOT_YET:
-            message = f"ctx.step.{name} is not available in this version of steplog; only ctx.step.run is"
+            message = (
+                f"ctx.step.{name} is not available in this version of steplog"
+                " (ctx.step.run, sleep, sleep_until and send_event are)"
+            )
             raise self._invocation.abort("UnsupportedStepError", message)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 

@@ -32,6 +32,7 @@ from steplog.eventstore import NewEntry, format_time, parse_time
 Commit = Callable[[Sequence[NewEntry]], None]
 Send = Callable[[list[dict[str, Any]]], list[str]]
 """Sends events as the engine's ``send`` does and returns their ids once they are committed."""
+RUN_KIND = "run"
 SLEEP_KIND = "sleep"
 SEND_KIND = "send_event"
 
