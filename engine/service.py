@@ -112,7 +112,7 @@ class Engine:
     def accept_many(self, sends: Sequence[EventInput]) -> list[Accepted | Exception]:
         """Accept several sends in one commit; each is all-or-nothing, and a bad one spoils no other."""
         now = self.clock.now()
-        outcomes: list[Accepted | Exception | list[Routed]] = []
+        outcomes: list[Exception | list[Routed]] = []
         for events in sends:
             try:
                 received = prepare_events(events, now=now, limits=self.limits)
