@@ -11,7 +11,9 @@ sends events to. It builds the actors on start and stops them on stop.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,6 +51,7 @@ from steplog.eventstore import Difference, EventStore, MemoryEventStore, SqliteE
 log = logging.getLogger("steplog")
 DEFAULT_MAX_ACTIVE = 256
 DEFAULT_MAX_WORKERS = 256
+RECENT_SENDS = 10_000
 
 
 class SentIds(list[str]):
@@ -103,6 +106,8 @@ class Steplog:
         self._actors: list[pykka.ActorRef[Any]] = []
         self._cleanup: list[Callable[[], None]] = []
         self._db_lock: DatabaseLock | None = None
+        self._recent_runs: OrderedDict[str, list[str]] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     # -- defining ------------------------------------------------------------------------------
 
@@ -265,7 +270,18 @@ class Steplog:
             accepted = reply.get()
         except StorageError as error:
             raise EngineStoppedError(f"the engine stopped because the store failed: {error}") from error
+        self._remember_runs(accepted)
         return SentIds(accepted.ids)
+
+    def _remember_runs(self, accepted: Any) -> None:
+        # runs_for_event right after a send is the common path; it need not query the store.
+        started: dict[str, list[str]] = {event_id: [] for event_id in accepted.ids}
+        for run in accepted.runs:
+            started.setdefault(run.event_id, []).append(run.run_id)
+        with self._recent_lock:
+            self._recent_runs.update(started)
+            while len(self._recent_runs) > RECENT_SENDS:
+                self._recent_runs.popitem(last=False)
 
     send_sync = send
 
@@ -294,6 +310,10 @@ class Steplog:
 
     def runs_for_event(self, event_id: str) -> list[RunHandle]:
         """Handles on the runs an event started; ``event_id`` is the id ``send`` returned or the id you gave."""
+        with self._recent_lock:
+            known = self._recent_runs.get(event_id)
+        if known is not None:
+            return [RunHandle(self, run_id) for run_id in known]
         runs = queries.list_runs(self.store, event_id=event_id, limit=None)
         return [RunHandle(self, row["run_id"]) for row in reversed(runs)]
 

@@ -29,6 +29,8 @@ class ScheduledRun:
     run_id: str
     function_id: str
     entry: NewEntry
+    event_id: str = ""
+    """The internal id of the event that starts it."""
 
 
 @attrs.frozen
@@ -93,4 +95,4 @@ def _schedule(function: FunctionDef, received: ReceivedEvent, event: dict[str, A
         "events": [event],
         "ready_at": format_time(max(now, _event_time(event))),
     }
-    return ScheduledRun(run_id, function.id, NewEntry(r.RUN_SCHEDULED, data))
+    return ScheduledRun(run_id, function.id, NewEntry(r.RUN_SCHEDULED, data), received.internal_id)
