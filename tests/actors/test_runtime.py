@@ -546,3 +546,20 @@ def test_concurrent_sends_are_each_all_or_nothing(db_path: Path, clock: steplog.
         assert len(accepted) == 32
         assert sorted(e["internal_id"] for e in client.list_events(limit=None)) == sorted(accepted)
         assert len(client.list_runs(status="completed", limit=None)) == 32
+
+
+def test_runs_for_event_agrees_with_the_store(db_path: Path, clock: steplog.ManualClock) -> None:
+    client = steplog.Steplog(db=db_path, clock=clock)
+    greeter(client)
+    with client:
+        [first] = client.send({"name": "app/user.created", "data": {"name": "Ada"}, "id": "same"})
+        [again] = client.send({"name": "app/user.created", "data": {"name": "Ada"}, "id": "same"})
+        client.run_until_idle()
+        remembered = {first: client.runs_for_event(first), again: client.runs_for_event(again)}
+    assert len(remembered[first]) == 1 and remembered[again] == []  # a duplicate started nothing
+    reopened = steplog.Steplog(db=db_path, clock=clock)  # nothing in memory: answers from the store
+    greeter(reopened)
+    with reopened:
+        assert [h.run_id for h in reopened.runs_for_event(first)] == [h.run_id for h in remembered[first]]
+        assert reopened.runs_for_event(again) == []
+        assert reopened.runs_for_event(first)[0].result(timeout=WAIT) == "hello Ada"
