@@ -155,6 +155,8 @@ class Steplog:
         if self._started:
             return self
         self._lock_database()
+        if self._db_lock is not None and isinstance(self.store, SqliteEventStore):
+            self.store.assume_sole_writer()  # the lock keeps other engines and `steplog rebuild` out
         self._activity = Activity()
         writer = StoreWriter.start(self.store, self.clock, self._storage_failed)
         self._engine = Engine(

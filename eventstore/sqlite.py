@@ -67,6 +67,7 @@ class SqliteEventStore(EventStore):
         self._data_version: int | None = None
         self._committing: Plan | None = None
         self._statements: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._sole_writer = False
 
     # -- connections -----------------------------------------------------------------------
 
@@ -194,7 +195,14 @@ class SqliteEventStore(EventStore):
             finally:
                 self._rollback()
 
+    def assume_sole_writer(self, sole: bool = True) -> None:
+        """Promise that no other connection writes to the file (the engine holds its lock), so the
+        writer's caches need no ``PRAGMA data_version`` check at each commit."""
+        self._sole_writer = sole
+
     def _check_cache(self) -> None:
+        if self._sole_writer:
+            return
         data_version = self._writer.execute("PRAGMA data_version").fetchone()[0]
         if data_version != self._data_version:
             self._forget()

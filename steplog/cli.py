@@ -28,6 +28,8 @@ from typing import Any, TextIO
 
 from steplog.engine import RunNotFoundError, RunProjector, queries
 from steplog.eventstore import Difference, EventStoreError, SqliteEventStore, parse_time
+from steplog.actors.dblock import DatabaseLock
+from steplog.actors.errors import DatabaseInUseError
 from steplog.eventstore.sqlite import BUSY_TIMEOUT_MS
 
 DEFAULT_DB = "steplog.db"
@@ -315,9 +317,21 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace, out: TextIO) -> int:
-    with open_writer(args.db) as store:
-        differences = store.rebuild_projections(apply=not args.check)
-        entries = store.last_position()
+    check_database(args.db)
+    lock = None
+    if not args.check:  # rewriting the projections under a running engine would confuse its caches
+        lock = DatabaseLock(args.db)
+        try:
+            lock.acquire()
+        except DatabaseInUseError as error:
+            raise CliError(f"{error}; stop it before `steplog rebuild`, or use --check") from None
+    try:
+        with open_writer(args.db) as store:
+            differences = store.rebuild_projections(apply=not args.check)
+            entries = store.last_position()
+    finally:
+        if lock is not None:
+            lock.release()
     if args.json:
         document = {
             "applied": bool(differences) and not args.check,

@@ -298,3 +298,22 @@ def test_a_file_that_is_not_a_steplog_database(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "is not a steplog database (it has no `log` table)" in done.stderr
     assert digest(other) == before
+
+
+def test_rebuild_waits_for_the_engine_to_stop_but_check_does_not(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import steplog
+
+    db = tmp_path / "live.db"
+    client = steplog.Steplog(db=db)
+
+    @client.create_function(fn_id="f", trigger=steplog.TriggerEvent(event="a/b"))
+    def f(ctx: steplog.Context) -> int:
+        return 1
+
+    with client:
+        client.send({"name": "a/b"})
+        client.run_until_idle(timeout=10)
+        assert cli.main(["rebuild", "--db", str(db)]) == 1
+        assert "stop it before `steplog rebuild`, or use --check" in capsys.readouterr().err
+        assert cli.main(["rebuild", "--check", "--db", str(db)]) == 0
+    assert cli.main(["rebuild", "--db", str(db)]) == 0
