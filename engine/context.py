@@ -39,9 +39,10 @@ class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 class _StepCore:
     """The step logic both flavours share: memo lookup, running the body, committing."""
 
-    def __init__(self, invocation: Invocation, context: Context) -> None:
+    def __init__(self, invocation: Invocation) -> None:
+        # No reference back to the Context: without a cycle, an invocation's objects are freed
+        # as soon as it ends, and the garbage collector has nothing to do on the hot path.
         self._invocation = invocation
-        self._context = context
         self._keys = StepKeys()
 
     def _key(self, step_id: str) -> str:
@@ -55,7 +56,7 @@ class _StepCore:
         if record is not None:
             return key, record, True
         self._invocation.check_step_limit()
-        self._context.attempt = self._invocation.step_attempt(key)
+        self._invocation.attempt = self._invocation.step_attempt(key)
         self._invocation.in_step = True
         return key, None, False
 
@@ -95,7 +96,7 @@ class _StepCore:
 
     def _finish(self, key: str, step_id: str, started: Any, outcome: tuple[bool, Any]) -> Any:
         self._invocation.in_step = False
-        self._context.attempt = self._invocation.state.run_failures
+        self._invocation.attempt = self._invocation.state.run_failures
         ok, value = outcome
         if ok:
             return self._invocation.record_output(key, step_id, RUN_KIND, value, started)
@@ -210,10 +211,15 @@ class Context:
     events: list[Event]
     run_id: str
     function_id: str
-    attempt: int
     step: Any = None
     _invocation: Invocation | None = None
     _logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def attempt(self) -> int:
+        """The attempt, from 0, of the step running now; outside steps, of the function's code."""
+        assert self._invocation is not None
+        return self._invocation.attempt
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -232,9 +238,8 @@ def make_context(invocation: Invocation) -> Context:
         events=events,
         run_id=invocation.state.run_id,
         function_id=invocation.function.id,
-        attempt=invocation.state.run_failures,
         invocation=invocation,
     )
     step_class = AsyncStep if invocation.function.is_async else Step
-    context.step = step_class(invocation, context)
+    context.step = step_class(invocation)
     return context

@@ -96,6 +96,8 @@ class Invocation:
         self.live = False
         """Set once the function reaches a step that is not in the log: nothing after it is a replay."""
         self.in_step = False
+        self.attempt = state.run_failures
+        """What ``ctx.attempt`` says: the running step's attempt, or the function code's."""
         self._interrupt: BaseException | None = None
 
     def _interrupted(self, interrupt: BaseException) -> BaseException:
