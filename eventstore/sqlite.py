@@ -268,14 +268,16 @@ class SqliteEventStore(EventStore):
     def _write(self, plan: Plan) -> None:
         self._committing = plan
         conn = self._writer
-        conn.executemany(
+        _insert_rows(
+            conn,
             "INSERT INTO log (position, stream, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
             [(e.position, e.stream, e.version, e.type, _dump(e.data), e.recorded_at) for e in plan.entries],
         )
         self._apply_changes(conn, plan.changes)
         if not plan.keys:
             return
-        conn.executemany(
+        _insert_rows(
+            conn,
             "INSERT INTO idempotency_keys (key, position, recorded_ts) VALUES (?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET position = excluded.position, recorded_ts = excluded.recorded_ts",
             [(k.key, k.position, k.recorded_ts) for k in plan.keys],
@@ -290,7 +292,12 @@ class SqliteEventStore(EventStore):
             sql, params = self._change_sql(change)
             batches.setdefault(sql, []).append(params)
         for sql, rows in batches.items():  # dicts keep insertion order: every delete runs first
-            conn.executemany(sql, rows)
+            if sql.startswith("INSERT"):
+                _insert_rows(conn, sql, rows)
+            elif len(rows[0]) == 1:
+                _delete_rows(conn, sql, rows)
+            else:
+                conn.executemany(sql, rows)
 
     def _change_sql(self, change: Change) -> tuple[str, list[Any]]:
         table = self.table(change.table)
@@ -409,6 +416,34 @@ def _check_column(table: Table, column: str) -> None:
 def _upsert_sql(table: Table, row: Row) -> tuple[str, list[Any]]:
     columns = tuple(row)
     return _upsert_statement(table, columns), [row[c] for c in columns]
+
+
+ROWS_PER_STATEMENT = 400
+"""Rows written by one multi-row statement (well under SQLite's 32,766 bound parameters)."""
+
+
+def _insert_rows(conn: sqlite3.Connection, single_row_sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Run a one-row INSERT for many rows as a few multi-row statements.
+
+    executemany steps SQLite once per row, and the sqlite3 module releases and retakes the GIL
+    around every step; under load the writer then waits for the GIL once per row. One statement
+    for many rows waits once.
+    """
+    head, _, rest = single_row_sql.partition(" VALUES (")
+    placeholders, _, tail = rest.partition(")")
+    group = f"({placeholders})"
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        sql = f"{head} VALUES {', '.join(group for _ in chunk)}{tail}"
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
+def _delete_rows(conn: sqlite3.Connection, single_key_sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Run a one-key ``DELETE ... WHERE [k] = ?`` for many keys as ``IN (...)`` statements."""
+    head = single_key_sql.removesuffix(" = ?")
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        conn.execute(f"{head} IN ({', '.join('?' for _ in chunk)})", [row[0] for row in chunk])
 
 
 def _delete_sql(table: Table) -> str:
