@@ -102,6 +102,7 @@ def test_stop_gives_up_on_a_step_that_does_not_return_and_the_run_resumes_next_t
     import time
 
     release = threading.Event()
+    started = threading.Event()
     calls: list[int] = []
 
     def register(client: steplog.Steplog) -> None:
@@ -112,6 +113,7 @@ def test_stop_gives_up_on_a_step_that_does_not_return_and_the_run_resumes_next_t
     def wait_once() -> str:
         calls.append(1)
         if len(calls) == 1:
+            started.set()
             release.wait(WAIT)  # the first attempt hangs until the test lets it go
         return "done"
 
@@ -119,6 +121,7 @@ def test_stop_gives_up_on_a_step_that_does_not_return_and_the_run_resumes_next_t
     register(first)
     first.start()
     [event_id] = first.send({"name": "app/slow"})
+    assert started.wait(WAIT)
     began = time.monotonic()
     first.stop(timeout=0.3)
     assert time.monotonic() - began < 3  # one deadline for everything, not one per actor
