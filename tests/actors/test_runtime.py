@@ -213,6 +213,7 @@ def test_handle_result_failure_and_timeout(db: str | Path, clock: steplog.Manual
 
         [slow_id] = client.send({"name": "app/slow"})
         waiting = only_run(client, slow_id)
+        assert client.run_until_idle(timeout=WAIT)  # it has failed once and waits for its retry
         with pytest.raises(TimeoutError, match=r"has not ended after 0.05 s \(status waiting\)"):
             waiting.result(timeout=0.05)
         assert waiting.wait(timeout=0.01) is False
