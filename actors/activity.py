@@ -59,10 +59,6 @@ class Activity:
             self._idle.notify_all()
             self._run_ended.notify_all()
 
-    @property
-    def failure(self) -> BaseException | None:
-        return self._failure
-
     def wait_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until ``done()`` is true (checked whenever a run ends), the engine fails, or time runs out."""
         with self._run_ended:

@@ -53,9 +53,6 @@ class TimerActor(Actor):
         if self._ticker is not None:
             self._ticker.wake_at(self._heap[0][0] if self._heap else None)
 
-    def pending(self) -> int:
-        return len(self._heap)
-
     def next_due(self) -> datetime | None:
         return self._heap[0][0] if self._heap else None
 

@@ -36,8 +36,6 @@ class StoreWriter(Actor):
         self._clock = clock
         self._on_storage_failure = on_storage_failure
         self._pending: list[Commit] = []
-        self.batches = 0
-        self.appends = 0
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Commit):
@@ -62,8 +60,6 @@ class StoreWriter(Actor):
         except Exception as error:  # noqa: BLE001 - a bug in a projector must not leave callers hanging
             self._fail(pending, error)
             return
-        self.batches += 1
-        self.appends += len(appends)
         offset = 0
         for request in pending:
             request.reply.set(results[offset : offset + len(request.appends)])

@@ -172,10 +172,13 @@ class Engine:
 
     def recover(self) -> Recovery:
         """Runs to start (queued, or interrupted mid-invocation) and timers to arm, from the projections."""
-        timers = [
-            (parse_time(row["due_at"]), row["run_id"], self._function_of(row["run_id"]))
-            for row in self.store.query("timers")
-        ]
+        # one read for the functions of waiting runs, rather than one per timer
+        waiting_runs = self.store.query("runs", where={"status": "waiting"})
+        function_of = {row["run_id"]: row["function_id"] for row in waiting_runs}
+        timers = []
+        for row in self.store.query("timers"):
+            function_id = function_of.get(row["run_id"]) or self._function_of(row["run_id"])
+            timers.append((parse_time(row["due_at"]), row["run_id"], function_id))
         waiting = {run_id for _, run_id, _ in timers}
         running = self.store.query("runs", where={"status": "running"}, order_by="scheduled_at")
         queued = self.store.query("queue", order_by="position")
