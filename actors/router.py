@@ -1,8 +1,11 @@
-"""The event router: checks and records each send, then hands the runs it scheduled to the
-supervisors of their functions. A send is answered only after its events are committed.
+"""The event router: the actor that hosts the engine's coordinator. Every send, wait
+registration, wait expiry, cancel request and announced run end passes through it, one batch at
+a time, so that a wait sees exactly the events committed after it (see engine.coordination).
 
-Sends that arrive while the router is busy are accepted together, in one commit (each still all
-or nothing): many threads sending at once share fsyncs as step commits do.
+Requests that arrive while the router is busy are planned together and recorded in one commit
+(each still all or nothing): many threads sending at once share fsyncs as step commits do. Each
+request is answered only after it is committed; then the runs it scheduled or woke are handed to
+the supervisors of their functions.
 """
 
 from __future__ import annotations
@@ -14,34 +17,35 @@ import attrs
 import pykka
 from steplog.actors.activity import Activity
 from steplog.actors.base import Actor
-from steplog.actors.messages import StartRun
+from steplog.actors.messages import Reply, StartRun
 from steplog.engine import Engine
+from steplog.engine.coordination import Accepted, Answer, Done, Request
 from steplog.engine.routing import ScheduledRun
 from steplog.engine.state import RunState
 
 
 @attrs.frozen
-class Send:
-    """Router: accept these events and answer with the engine's Accepted on ``reply``."""
+class Coordinate:
+    """Router: plan and commit this request, then answer with the coordinator's answer on ``reply``."""
 
-    events: Any
-    reply: pykka.Future[Any]
+    request: Request
+    reply: Reply
 
 
 class EventRouter(Actor):
-    """Accepts events and starts the runs they trigger."""
+    """Runs the coordinator and starts the runs its answers schedule or wake."""
 
     def __init__(self, engine: Engine, supervisors: Mapping[str, pykka.ActorRef[Any]], activity: Activity) -> None:
         super().__init__()
         self._engine = engine
         self._supervisors = supervisors
         self._activity = activity
-        self._pending: list[Send] = []
+        self._pending: list[Coordinate] = []
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Send):
+        if isinstance(message, Coordinate):
             self._pending.append(message)
-            if self.actor_inbox.empty():  # sends that queued meanwhile share one commit
+            if self.actor_inbox.empty():  # requests that queued meanwhile share one commit
                 self._flush()
         return None
 
@@ -53,20 +57,40 @@ class EventRouter(Actor):
         if not pending:
             return
         try:
-            outcomes = self._engine.accept_many([message.events for message in pending])
+            answers = self._engine.coordinator.handle(
+                [message.request for message in pending], self._engine.clock.now()
+            )
         except Exception as error:  # noqa: BLE001 - every caller gets the error; the router lives on
-            outcomes = [error] * len(pending)
-        for message, outcome in zip(pending, outcomes):
-            self._answer(message, outcome)
+            answers = [error] * len(pending)
+        for message, answer in zip(pending, answers):
+            self._answer(message, answer)
 
-    def _answer(self, message: Send, outcome: Any) -> None:
-        if isinstance(outcome, Exception):
-            message.reply.set_exception((type(outcome), outcome, outcome.__traceback__))
-            return
-        self._activity.begin(len(outcome.runs))
-        for run in outcome.runs:
-            self._supervisors[run.function_id].tell(StartRun(run.run_id, _fresh_state(run)))
-        message.reply.set(outcome)
+    def _answer(self, message: Coordinate, answer: Answer) -> None:
+        accepted = answer.accepted if isinstance(answer, Done) else answer
+        if isinstance(accepted, Accepted):
+            self._start(accepted)
+        message.reply.set(answer)  # an Exception too: the asker decides whether to raise it
+
+    def _start(self, accepted: Accepted) -> None:
+        self._activity.begin(len(accepted.runs) + len(accepted.wakes))
+        for run in accepted.runs:
+            self._supervisor(run.function_id).tell(StartRun(run.run_id, _fresh_state(run)))
+        for run_id, function_id in accepted.wakes:
+            self._supervisor(function_id).tell(StartRun(run_id))
+
+    def _supervisor(self, function_id: str) -> Any:
+        supervisor = self._supervisors.get(function_id)
+        return supervisor if supervisor is not None else _Unsupervised(self._activity)
+
+
+class _Unsupervised:
+    """A run of a function this process does not define: it waits in the log for one that does."""
+
+    def __init__(self, activity: Activity) -> None:
+        self._activity = activity
+
+    def tell(self, _message: Any) -> None:
+        self._activity.end()
 
 
 def _fresh_state(run: ScheduledRun) -> RunState:

@@ -24,8 +24,8 @@ from steplog.actors.activity import Activity
 from steplog.actors.dblock import DatabaseLock
 from steplog.actors.errors import EngineStoppedError
 from steplog.actors.handle import RunHandle
-from steplog.actors.messages import Arm, StartRun, Tick
-from steplog.actors.router import EventRouter, Send
+from steplog.actors.messages import Arm, Reply, StartRun, Tick
+from steplog.actors.router import Coordinate, EventRouter
 from steplog.actors.run import WorkerPool
 from steplog.actors.supervisor import FunctionSupervisor
 from steplog.actors.timer import Ticker, TimerActor
@@ -45,6 +45,7 @@ from steplog.engine import (
     define_function,
     queries,
 )
+from steplog.engine.coordination import Accepted, Answer, CancelRun, Done, Request, SendEvents
 from steplog.engine.service import EventInput
 from steplog.eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
 
@@ -162,7 +163,8 @@ class Steplog:
         self._engine = Engine(
             self.store, registry=self.registry, clock=self.clock, limits=self.limits, committer=commit_through(writer)
         )
-        self._engine.sender = self.send  # step.send_event goes through the router like any send
+        self._engine.coordinate = self._coordinate  # waits, sends and announced ends go through the router
+        self._engine.coordinator.load_pauses()
         self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
         timer = TimerActor.start(self.clock, self._activity, self._supervisors)
         self._pool = WorkerPool(self._engine, self._activity, self._max_workers)
@@ -266,14 +268,49 @@ class Steplog:
         Raises EventError (nothing of the send is accepted) if any event is malformed or too large.
         """
         self._check_running()
-        reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
-        self._router.tell(Send(events, reply))
-        try:
-            accepted = reply.get()
-        except StorageError as error:
-            raise EngineStoppedError(f"the engine stopped because the store failed: {error}") from error
+        accepted = self._ask(SendEvents(events))
+        assert isinstance(accepted, Accepted)
         self._remember_runs(accepted)
         return SentIds(accepted.ids)
+
+    def _coordinate(self, request: Request) -> Answer:
+        reply = Reply()
+        self._router.tell(Coordinate(request, reply))
+        return reply.get()  # type: ignore[no-any-return]
+
+    def _ask(self, request: Request) -> Answer:
+        """Ask the router; raise what it answers if that is an error."""
+        answer = self._coordinate(request)
+        if isinstance(answer, StorageError):
+            raise EngineStoppedError(f"the engine stopped because the store failed: {answer}") from answer
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    # -- cancelling ----------------------------------------------------------------------------
+
+    def cancel(self, run_id: str, *, reason: str = "cancelled by request") -> bool:
+        """Cancel a run: it stops before its next step (a step running now finishes first), records
+        the cancellation, and sends ``inngest/function.cancelled``. False if the run had already ended;
+        RunNotFoundError if there is no such run."""
+        self._check_running()
+        answer = self._ask(CancelRun(run_id, reason))
+        assert isinstance(answer, Done)
+        return bool(answer.value)
+
+    def cancel_runs(
+        self, *, function_id: str, status: str | None = None, since: Any = None, until: Any = None,
+        if_exp: str | None = None, reason: str = "cancelled in bulk",
+    ) -> list[str]:
+        """Cancel every run of a function that has not ended and matches the filters: ``status``
+        (``queued``, ``running`` or ``waiting``), scheduled ``since``/``until`` (datetime, ISO text or
+        "2h" ago), and ``if_exp``, CEL over the run's trigger ``event``. Returns the cancelled runs."""
+        self._check_running()
+        matching = queries.runs_to_cancel(
+            self.store, function_id=function_id, status=status, since=since, until=until, if_exp=if_exp,
+            now=self.clock.now(),
+        )
+        return [run_id for run_id in matching if self.cancel(run_id, reason=reason)]
 
     def _remember_runs(self, accepted: Any) -> None:
         # runs_for_event right after a send is the common path; it need not query the store.

@@ -19,7 +19,7 @@ from steplog.actors.messages import Arm, RunCrashed, RunEnded, StartRun
 from steplog.actors.run import ExecuteRun, WorkerPool
 from steplog.engine import Engine
 from steplog.engine.invocation import Outcome
-from steplog.engine.service import StaleRunError
+from steplog.engine.coordination import StaleRunError
 from steplog.engine.state import RunState
 from steplog.eventstore import StorageError
 
@@ -52,6 +52,8 @@ class FunctionSupervisor(Actor):
         self._waiting: deque[StartRun] = deque()
         self._queued: set[str] = set()
         self._restarts: dict[str, int] = {}
+        self._rewake: set[str] = set()
+        """Runs woken (a wait ended, a cancel) while they were executing: run them again when they suspend."""
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -69,7 +71,11 @@ class FunctionSupervisor(Actor):
             self._crashed(message.run_id, message.error)
 
     def _admit(self, request: StartRun) -> None:
-        if request.run_id in self._active or request.run_id in self._queued:
+        if request.run_id in self._active:
+            self._rewake.add(request.run_id)
+            self._activity.end()
+            return
+        if request.run_id in self._queued:
             self._activity.end()
             return
         self._waiting.append(request)
@@ -89,7 +95,13 @@ class FunctionSupervisor(Actor):
     def _ended(self, run_id: str, outcome: Outcome) -> None:
         self._active.discard(run_id)
         self._restarts.pop(run_id, None)
+        rewake = run_id in self._rewake
+        self._rewake.discard(run_id)
         if outcome.wake_at is not None:
+            if rewake:
+                self._activity.begin()
+                self._waiting.append(StartRun(run_id))
+                self._queued.add(run_id)
             self._timer.tell(Arm(outcome.wake_at, run_id, self._function_id))
         self._activity.end()
         self._start_waiting()

@@ -1,8 +1,16 @@
 """What a function receives: ``ctx.event``, ``ctx.events``, ``ctx.run_id``, ``ctx.attempt``,
-``ctx.step`` and ``ctx.logger``, in the shape of Inngest's Python SDK.
+``ctx.step``, ``ctx.group`` and ``ctx.logger``, in the shape of Inngest's Python SDK.
 
 ``ctx.step.run`` is a plain call in a ``def`` function and a coroutine in an ``async def`` one.
 Step bodies may be plain or ``async`` in either.
+
+Parallel steps: ``ctx.group.parallel((lambda: ..., ...))`` runs each branch concurrently (threads
+in a ``def`` function, tasks in an ``async def`` one) and returns their results in order. Branches
+start in order and each takes its first step id before the next starts, so repeated ids get the
+same keys on every replay; give later steps of different branches distinct ids. A branch that
+sleeps or waits suspends alone; the others go on. ``asyncio.gather`` over step calls also works:
+steps run concurrently and are memoized each on its own, but a sleep, wait or retry in one of them
+suspends the whole run once the other step bodies in flight have finished.
 """
 
 from __future__ import annotations
@@ -19,7 +27,14 @@ from steplog.engine.durations import Duration, parse_duration
 from steplog.engine.errors import StepError
 from steplog.engine.events import Event
 from steplog.engine.ids import StepKeys
-from steplog.engine.invocation import RUN_KIND, SEND_KIND, SLEEP_KIND, Invocation
+from steplog.engine.invocation import BRANCH, RUN_KIND, SEND_KIND, SLEEP_KIND, Branch, Invocation
+from steplog.engine.parallel import AsyncGroup, Group
+from steplog.engine.options import pause_expression, pause_timeout
+from steplog.engine.pauses import INVOKE_KIND, WAIT_KIND
+from steplog.engine.system_events import FINISHED, invoked_event
+
+DEFAULT_INVOKE_TIMEOUT = timedelta(days=365)
+INVOKE_EXPRESSION = "event.correlation_id == async.data.correlation_id"
 
 
 def _logger(invocation: Invocation) -> logging.LoggerAdapter[logging.Logger]:
@@ -48,7 +63,11 @@ class _StepCore:
     def _key(self, step_id: str) -> str:
         if not isinstance(step_id, str) or not step_id:
             raise self._invocation.abort("StepIdError", f"a step id must be a non-empty string, got {step_id!r}")
-        return self._keys.next(step_id)
+        key = self._keys.next(step_id)
+        branch = BRANCH.get()
+        if branch is not None and branch.on_keyed is not None:
+            branch.on_keyed()
+        return key
 
     def _begin(self, step_id: str) -> tuple[str, Any, bool]:
         key = self._key(step_id)
@@ -91,6 +110,71 @@ class _StepCore:
         as_dicts = [item.to_dict() if isinstance(item, Event) else dict(item) for item in items]
         return list(self._invocation.send_events(key, step_id, as_dicts))
 
+    def _wait_for_event(
+        self, step_id: str, event: str, timeout: Duration, if_exp: str | None, match: str | None
+    ) -> Event | None:
+        key = self._key(step_id)
+        invocation = self._invocation
+        record = invocation.memoized(key, WAIT_KIND)
+        if record is not None:
+            return _as_event(record.output)
+        invocation.check_step_limit()
+        expression, duration = None, timedelta(0)
+        if key not in invocation.state.waits:  # its options are checked once, when it is registered
+            where = f"step {key!r}: wait_for_event"
+            try:
+                if not isinstance(event, str) or not event.strip() or "*" in event:
+                    raise ValueError(f"{where}: event must be an exact event name, got {event!r}")
+                expression = pause_expression(if_exp, match, where)
+                duration = pause_timeout(timeout, where)
+            except ValueError as error:
+                raise invocation.abort("WaitError", str(error)) from None
+        result, started = invocation.wait(
+            key, step_id, kind=WAIT_KIND, event=event, expression=expression, timeout=duration
+        )
+        return _as_event(invocation.complete_wait(key, step_id, WAIT_KIND, result, started))
+
+    def _invoke(self, step_id: str, function: Any, data: Any, timeout: Duration | None, user: Any) -> Any:
+        key = self._key(step_id)
+        invocation = self._invocation
+        record = invocation.memoized(key, INVOKE_KIND)
+        if record is not None:
+            return self._replayed(key, record)
+        invocation.check_step_limit()
+        now = invocation.clock.now()
+        function_id = getattr(function, "id", function)
+        duration, event = timedelta(0), None
+        if key not in invocation.state.waits:
+            problem = self._invoke_problem(function_id, data)
+            if problem is not None:
+                invocation.fail_step(key, step_id, INVOKE_KIND, {"name": "InvokeError", "message": problem}, now)
+            try:
+                duration = pause_timeout(timeout, f"step {key!r}: invoke", DEFAULT_INVOKE_TIMEOUT)
+            except ValueError as error:
+                raise invocation.abort("InvokeError", str(error)) from None
+            event = invoked_event(function_id, data or {}, invocation.invoke_correlation(key), user)
+        correlation = {"correlation_id": invocation.invoke_correlation(key)}
+        finished, started = invocation.wait(
+            key, step_id, kind=INVOKE_KIND, event=FINISHED, expression=INVOKE_EXPRESSION, timeout=duration,
+            send=(event,) if event is not None else (), trigger=correlation,
+        )
+        if finished is None:
+            error = {"name": "InngestInvokeTimeoutError",
+                     "message": "Timed out waiting for invoked function to complete", "stack": None}
+            invocation.fail_step(key, step_id, INVOKE_KIND, error, started)
+        outcome = finished.get("data", {})
+        if outcome.get("error") is not None:
+            invocation.fail_step(key, step_id, INVOKE_KIND, _child_error(outcome["error"]), started)
+        return invocation.complete_wait(key, step_id, INVOKE_KIND, outcome.get("result"), started)
+
+    def _invoke_problem(self, function_id: Any, data: Any) -> str | None:
+        registry = self._invocation.registry
+        if not isinstance(function_id, str) or registry is None or registry.get(function_id) is None:
+            return f"no function {function_id!r} to invoke"
+        if data is not None and not isinstance(data, dict):
+            return f"invoke data must be a JSON object (dict), got {type(data).__name__}"
+        return None
+
     def _after(self, duration: Duration) -> Callable[[], datetime]:
         return lambda: self._invocation.clock.now() + parse_duration(duration, what="sleep duration")
 
@@ -103,27 +187,20 @@ class _StepCore:
         self._invocation.record_failure(key, step_id, RUN_KIND, value, started)
 
 
-_NOT_YET = ("wait_for_event", "invoke")
 MAX_SLEEP = timedelta(days=366)
 
 
-class _Roadmap:
-    """Inngest step tools steplog does not have yet fail the run at once with a clear message,
-    rather than as an AttributeError retried like any other error."""
-
-    _invocation: Invocation
-
-    def __getattr__(self, name: str) -> Any:
-        if name in _NOT_YET:
-            message = (
-                f"ctx.step.{name} is not available in this version of steplog"
-                " (ctx.step.run, sleep, sleep_until and send_event are)"
-            )
-            raise self._invocation.abort("UnsupportedStepError", message)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+def _as_event(raw: Any) -> Event | None:
+    return None if raw is None else Event.from_dict(raw)
 
 
-class Step(_Roadmap, _StepCore):
+def _child_error(error: Any) -> dict[str, Any]:
+    if not isinstance(error, dict):
+        return {"name": "Error", "message": str(error), "stack": None}
+    return {"name": error.get("name") or "Error", "message": error.get("message") or "", "stack": error.get("stack")}
+
+
+class Step(_StepCore):
     """Steps for ``def`` functions."""
 
     def sleep(self, step_id: str, duration: Duration) -> None:
@@ -137,6 +214,23 @@ class Step(_Roadmap, _StepCore):
     def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]) -> list[str]:
         """Send events as a step; returns their ids. A replay returns the same ids and sends nothing."""
         return self._send_event(step_id, events)
+
+    def wait_for_event(
+        self, step_id: str, *, event: str, timeout: Duration, if_exp: str | None = None, match: str | None = None
+    ) -> Event | None:
+        """Wait for the first event named ``event`` committed after this wait that satisfies ``match``
+        (``"data.id"``: equal to the trigger's) or ``if_exp`` (CEL over ``event``, the trigger, and
+        ``async``, the candidate). Returns it, or None after ``timeout``. Events sent before the wait
+        began are not seen. The run holds no thread while it waits."""
+        return self._wait_for_event(step_id, event, timeout, if_exp, match)
+
+    def invoke(
+        self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
+        timeout: Duration | None = None, user: dict[str, Any] | None = None,
+    ) -> Any:
+        """Start a run of ``function`` (a FunctionDef or its id) with ``data`` and return its result.
+        Its failure or ``timeout`` (default one year) raises StepError here, without retries."""
+        return self._invoke(step_id, function, data, timeout, user)
 
     def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``handler(*args, **kwargs)`` once as a retriable step; return its committed result."""
@@ -154,7 +248,7 @@ class Step(_Roadmap, _StepCore):
         return self._finish(key, step_id, started, outcome)
 
 
-class AsyncStep(_Roadmap, _StepCore):
+class AsyncStep(_StepCore):
     """Steps for ``async def`` functions: each method is awaited."""
 
     async def sleep(self, step_id: str, duration: Duration) -> None:
@@ -169,20 +263,70 @@ class AsyncStep(_Roadmap, _StepCore):
         """Send events as a step; returns their ids. A replay returns the same ids and sends nothing."""
         return self._send_event(step_id, events)
 
+    async def wait_for_event(
+        self, step_id: str, *, event: str, timeout: Duration, if_exp: str | None = None, match: str | None = None
+    ) -> Event | None:
+        """Wait for the first matching event committed after this wait (see Step.wait_for_event)."""
+        implicit = self._enter_task()
+        try:
+            return self._wait_for_event(step_id, event, timeout, if_exp, match)
+        except BaseException:
+            if implicit:
+                await self._invocation.settle()
+            raise
+
+    async def invoke(
+        self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
+        timeout: Duration | None = None, user: dict[str, Any] | None = None,
+    ) -> Any:
+        """Start a run of ``function`` and return its result (see Step.invoke)."""
+        implicit = self._enter_task()
+        try:
+            return self._invoke(step_id, function, data, timeout, user)
+        except BaseException:
+            if implicit:
+                await self._invocation.settle()
+            raise
+
     async def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``handler(*args, **kwargs)`` once as a retriable step; return its committed result."""
+        implicit = self._enter_task()
         key, record, done = self._begin(step_id)
         if done:
             return self._replayed(key, record)
-        started = self._invocation.clock.now()
+        invocation = self._invocation
+        started = invocation.clock.now()
+        concurrent = implicit or BRANCH.get() is not None
+        invocation.body_started()
         try:
-            value = handler(*args, **kwargs)
+            if concurrent and not inspect.iscoroutinefunction(handler):
+                value = await asyncio.to_thread(handler, *args, **kwargs)  # other branches go on meanwhile
+            else:
+                value = handler(*args, **kwargs)
             if inspect.isawaitable(value):
                 value = await value
             outcome: tuple[bool, Any] = (True, value)
         except Exception as error:  # noqa: BLE001 - any error of the step body is the step's failure
             outcome = (False, error)
-        return self._finish(key, step_id, started, outcome)
+        finally:
+            invocation.body_ended()
+        try:
+            return self._finish(key, step_id, started, outcome)
+        except BaseException:
+            if implicit:
+                await invocation.settle()
+            raise
+
+    def _enter_task(self) -> bool:
+        """In a task of asyncio.gather, give the task its own step state; True if it is such a task."""
+        branch = BRANCH.get()
+        if branch is not None:
+            return not branch.explicit
+        task = asyncio.current_task()
+        if task is None or task is self._invocation.main_task:
+            return False
+        BRANCH.set(Branch(explicit=False))
+        return True
 
 
 def wake_time(when: datetime | str) -> datetime:
@@ -212,6 +356,7 @@ class Context:
     run_id: str
     function_id: str
     step: Any = None
+    group: Any = None
     _invocation: Invocation | None = None
     _logger: logging.LoggerAdapter[logging.Logger] | None = None
 
@@ -240,6 +385,8 @@ def make_context(invocation: Invocation) -> Context:
         function_id=invocation.function.id,
         invocation=invocation,
     )
-    step_class = AsyncStep if invocation.function.is_async else Step
-    context.step = step_class(invocation)
+    if invocation.function.is_async:
+        context.step, context.group = AsyncStep(invocation), AsyncGroup(invocation)
+    else:
+        context.step, context.group = Step(invocation), Group(invocation)
     return context

@@ -188,6 +188,15 @@ class Expression:
         except RecursionError:
             raise ExpressionError(self.source, "result is nested too deeply") from None
 
+    def referenced(self, name: str, value: Any) -> Any:
+        """The parts of ``value`` that the expression reads through variable ``name`` (None if it reads none).
+
+        A pause keeps only these parts of a run's trigger, not the whole event.
+        """
+        if name not in self._fields:
+            return None
+        return _select(value, self._fields[name])
+
     def _bind(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(variables, Mapping):
             raise ExpressionError(self.source, f"variables must be a mapping, not {type(variables).__name__}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 from steplog.engine.errors import DefinitionError
+from steplog.engine.options import CancelRule, RunTimeouts, compile_cancel_rules, compile_timeouts
 from steplog.engine.retry import RetryPolicy
 from steplog.engine.triggers import MAX_TRIGGERS, CompiledTrigger, TriggerEvent, compile_trigger
 
@@ -26,15 +27,39 @@ class FunctionDef:
     triggers: tuple[CompiledTrigger, ...]
     retry: RetryPolicy
     is_async: bool
+    cancel: tuple[CancelRule, ...] = ()
+    timeouts: RunTimeouts | None = None
+    on_failure: Handler | None = None
 
     def describe(self) -> dict[str, Any]:
         """The definition as JSON, for queries and the CLI."""
-        return {
+        described: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "triggers": [attrs.asdict(t.trigger) for t in self.triggers],
             "retries": self.retry.retries,
         }
+        if self.cancel:
+            described["cancel"] = [
+                {"event": rule.event, "if": rule.expression, "timeout_s": rule.timeout.total_seconds()}
+                for rule in self.cancel
+            ]
+        if self.timeouts is not None:
+            described["timeouts"] = {
+                name: None if value is None else value.total_seconds()
+                for name, value in (("start", self.timeouts.start), ("finish", self.timeouts.finish))
+            }
+        return described
+
+    def failure_function(self) -> FunctionDef | None:
+        """The function Inngest derives from ``on_failure``: ``<id>-failure``, triggered by
+        ``inngest/function.failed`` for this function, with no retries."""
+        if self.on_failure is None:
+            return None
+        trigger = TriggerEvent("inngest/function.failed", expression=f"event.data.function_id == '{self.id}'")
+        return define_function(
+            self.on_failure, fn_id=f"{self.id}-failure", trigger=trigger, name=f"{self.name} (failure)", retries=0
+        )
 
 
 def define_function(
@@ -44,6 +69,9 @@ def define_function(
     trigger: TriggerEvent | Sequence[TriggerEvent],
     name: str | None = None,
     retries: int | RetryPolicy = 4,
+    cancel: Sequence[Any] | None = None,
+    timeouts: Any = None,
+    on_failure: Handler | None = None,
 ) -> FunctionDef:
     """Build a FunctionDef, raising DefinitionError naming the function and the problem."""
     if not isinstance(fn_id, str) or not _ID.match(fn_id):
@@ -53,6 +81,8 @@ def define_function(
         )
     if not callable(handler):
         raise DefinitionError(f"function {fn_id!r}: the handler {handler!r} is not callable")
+    if on_failure is not None and not callable(on_failure):
+        raise DefinitionError(f"function {fn_id!r}: on_failure {on_failure!r} is not callable")
     return FunctionDef(
         id=fn_id,
         name=name or fn_id,
@@ -60,6 +90,9 @@ def define_function(
         triggers=_compile_triggers(trigger, fn_id),
         retry=_retry_policy(retries, fn_id),
         is_async=inspect.iscoroutinefunction(handler),
+        cancel=compile_cancel_rules(cancel, fn_id),
+        timeouts=compile_timeouts(timeouts, fn_id),
+        on_failure=on_failure,
     )
 
 
@@ -92,10 +125,14 @@ class FunctionRegistry:
         self._functions: dict[str, FunctionDef] = {}
 
     def add(self, function: FunctionDef) -> None:
-        """Register a function; a second function with the same id is refused."""
-        if function.id in self._functions:
-            raise DefinitionError(f"function id {function.id!r} is already defined")
+        """Register a function (and its failure handler); a second function with the same id is refused."""
+        failure = function.failure_function()
+        for new in (function, failure):
+            if new is not None and new.id in self._functions:
+                raise DefinitionError(f"function id {new.id!r} is already defined")
         self._functions[function.id] = function
+        if failure is not None:
+            self._functions[failure.id] = failure
 
     def get(self, fn_id: str) -> FunctionDef | None:
         return self._functions.get(fn_id)

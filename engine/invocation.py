@@ -5,36 +5,69 @@ The invocation is the hot path. When a step body returns, its result is committe
 is replayed from the start only when a new invocation begins after a suspension or a crash.
 
 Control flow that must get past user code's ``except Exception`` travels as BaseException
-subclasses (``_Suspend``, ``_Abort``); the invocation catches every one of them, so nothing
-escapes into the actor that hosts it.
+subclasses (``_Suspend``, ``_Abort``, ``_Cancel``); the invocation catches every one of them, so
+nothing escapes into the actor that hosts it.
+
+Inside ``group.parallel`` each branch has a ``Branch``: a branch that sleeps or waits suspends
+only itself, and the others go on; the invocation suspends when every branch has finished or
+suspended. Aborts and cancellation stop every branch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import random
-from collections.abc import Callable, Sequence
-from datetime import datetime
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 import attrs
 from steplog.engine import records as r
 from steplog.engine.clock import Clock
-from steplog.engine.errors import NondeterminismError, NonRetriableError, StepError
-from steplog.engine.functions import FunctionDef
+from steplog.engine.coordination import Accepted, Answer, Done, EndRun, ExpireWait, RegisterWait, Request, SendEvents
+from steplog.engine.errors import EngineError, NondeterminismError, NonRetriableError, StepError
+from steplog.engine.functions import FunctionDef, FunctionRegistry
 from steplog.engine.jsonvalues import NotJSONError, encode, size_of
 from steplog.engine.limits import Limits
+from steplog.engine.pauses import INVOKE_KIND, WAIT_KIND, make_pause
 from steplog.engine.records import ErrorInfo, error_info
 from steplog.engine.state import RunState, StepRecord
+from steplog.engine.system_events import END_EVENTS, correlation_id, end_events
 from steplog.eventstore import NewEntry, format_time, parse_time
 
 Commit = Callable[[Sequence[NewEntry]], None]
-Send = Callable[[list[dict[str, Any]]], list[str]]
-"""Sends events as the engine's ``send`` does and returns their ids once they are committed."""
+Coordinate = Callable[[Request], Answer]
 RUN_KIND = "run"
 SLEEP_KIND = "sleep"
 SEND_KIND = "send_event"
+WAIT_STEP_KINDS = (WAIT_KIND, INVOKE_KIND)
+_PENDING = object()
+
+
+@attrs.define(eq=False)
+class Branch:
+    """One branch of ``group.parallel`` (or one task of ``asyncio.gather``): its step state and suspension."""
+
+    in_step: bool = False
+    attempt: int | None = None
+    suspended: _Suspend | None = None
+    explicit: bool = True
+    """False for a task of asyncio.gather: its suspension suspends the whole invocation."""
+    on_keyed: Callable[[], None] | None = None
+    """Called when the branch takes a step key, so that the next branch may start (sync parallel)."""
+
+
+BRANCH: contextvars.ContextVar[Branch | None] = contextvars.ContextVar("steplog_branch", default=None)
+
+
+class _Cancel(BaseException):
+    """The run was cancelled; the invocation records it and ends."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 class _Suspend(BaseException):
@@ -63,7 +96,7 @@ class _Abort(BaseException):
 
 @attrs.frozen
 class Outcome:
-    """How an invocation ended: ``completed``/``failed`` (final) or ``waiting`` until ``wake_at``."""
+    """How an invocation ended: ``completed``/``failed``/``cancelled`` (final) or ``waiting`` until ``wake_at``."""
 
     status: str
     output: Any = None
@@ -72,7 +105,12 @@ class Outcome:
 
 
 class Invocation:
-    """Runs a function once against a run's state, committing through ``commit``."""
+    """Runs a function once against a run's state, committing through ``commit``.
+
+    ``coordinate`` reaches the coordinator (waits, sends, run ends that others listen for);
+    ``cancelling`` maps runs asked to cancel to the reason; ``listens_for`` says whether an event
+    name has listeners; ``registry`` finds functions for ``invoke``.
+    """
 
     def __init__(
         self,
@@ -82,33 +120,119 @@ class Invocation:
         commit: Commit,
         clock: Clock,
         limits: Limits,
-        send: Send | None = None,
+        coordinate: Coordinate | None = None,
+        cancelling: Mapping[str, str] | None = None,
+        listens_for: Callable[[str], bool] | None = None,
+        registry: FunctionRegistry | None = None,
     ) -> None:
         self.function = function
         self.state = state
         self.clock = clock
         self.limits = limits
         self._commit = commit
-        self.send = send
+        self.coordinate = coordinate
+        self.cancelling: Mapping[str, str] = cancelling if cancelling is not None else {}
+        self._listens_for = listens_for or (lambda _name: False)
+        self.registry = registry
+        self._lock = threading.RLock()
+        self.main_task: Any = None
+        self._in_flight = 0
+        self._settled: asyncio.Event | None = None
         self._pending_start = not state.started
         self._pending_resume = state.started and state.status == "waiting"
         self.memo_hits = 0
         self.live = False
         """Set once the function reaches a step that is not in the log: nothing after it is a replay."""
-        self.in_step = False
-        self.attempt = state.run_failures
-        """What ``ctx.attempt`` says: the running step's attempt, or the function code's."""
+        self._in_step = False
+        self._attempt = state.run_failures
         self._interrupt: BaseException | None = None
 
     def _interrupted(self, interrupt: BaseException) -> BaseException:
-        """Remember an interrupt so that a bare ``except:`` in user code cannot make it vanish."""
-        self._interrupt = interrupt
+        """Remember an interrupt so that a bare ``except:`` in user code cannot make it vanish.
+
+        A suspension inside a parallel branch belongs to that branch alone.
+        """
+        branch = BRANCH.get()
+        if isinstance(interrupt, _Suspend) and branch is not None and branch.explicit:
+            branch.suspended = interrupt
+        else:
+            self._interrupt = interrupt
         return interrupt
 
     def check_interrupt(self) -> None:
         """Raise the pending interrupt again, if user code swallowed it."""
         if self._interrupt is not None:
             raise self._interrupt
+        branch = BRANCH.get()
+        if branch is not None and branch.suspended is not None:
+            raise branch.suspended
+
+    # -- step state (per branch inside group.parallel) -------------------------------------------
+
+    @property
+    def in_step(self) -> bool:
+        branch = BRANCH.get()
+        return self._in_step if branch is None else branch.in_step
+
+    @in_step.setter
+    def in_step(self, value: bool) -> None:
+        branch = BRANCH.get()
+        if branch is None:
+            self._in_step = value
+        else:
+            branch.in_step = value
+
+    @property
+    def attempt(self) -> int:
+        """What ``ctx.attempt`` says: the running step's attempt, or the function code's."""
+        branch = BRANCH.get()
+        if branch is not None and branch.attempt is not None:
+            return branch.attempt
+        return self._attempt
+
+    @attempt.setter
+    def attempt(self, value: int) -> None:
+        branch = BRANCH.get()
+        if branch is None:
+            self._attempt = value
+        else:
+            branch.attempt = value
+
+    # -- cancellation and timeouts ---------------------------------------------------------------
+
+    def check_cancel(self) -> None:
+        """Stop here, before a new step, if the run was asked to cancel or is past a timeout."""
+        reason = self.cancelling.get(self.state.run_id) or self.state.cancel_requested or self._timed_out()
+        if reason is not None:
+            raise self._interrupted(_Cancel(reason))
+
+    def _timed_out(self) -> str | None:
+        timeouts = self.function.timeouts
+        if timeouts is None:
+            return None
+        now = self.clock.now()
+        if timeouts.start is not None and not self.state.started and self.state.scheduled_at is not None:
+            if now > parse_time(self.state.scheduled_at) + timeouts.start:
+                return f"timeouts.start: the run did not start within {timeouts.start}"
+        deadline = self._finish_deadline()
+        if deadline is not None and now >= deadline:
+            return f"timeouts.finish: the run did not finish within {timeouts.finish} of its start"
+        return None
+
+    def _finish_deadline(self) -> datetime | None:
+        timeouts = self.function.timeouts
+        if timeouts is None or timeouts.finish is None:
+            return None
+        started = parse_time(self.state.started_at) if self.state.started_at else self.clock.now()
+        return started + timeouts.finish
+
+    def next_wake(self, *candidates: datetime) -> datetime:
+        """The earliest time the run must be woken: its pending sleeps, waits, and finish timeout."""
+        times = [*candidates, *(parse_time(text) for text in self.state.pending_deadlines)]
+        deadline = self._finish_deadline()
+        if deadline is not None:
+            times.append(deadline)
+        return min(times) if times else self.clock.now()
 
     @property
     def replaying(self) -> bool:
@@ -119,18 +243,42 @@ class Invocation:
 
     def commit(self, *entries: NewEntry) -> None:
         """Make entries durable in the run's stream (with run.started first, if it is not yet there)."""
+        with self._lock:
+            batch = self._prefixed(entries)
+            try:
+                self._commit(batch)
+            except Exception as error:
+                raise self._interrupted(_HostFailure(error)) from error
+            self._applied(batch)
+
+    def _prefixed(self, entries: Sequence[NewEntry]) -> list[NewEntry]:
         batch = list(entries)
         if self._pending_start:
             batch.insert(0, NewEntry(r.RUN_STARTED, {"at": format_time(self.clock.now())}))
         elif self._pending_resume:
             batch.insert(0, NewEntry(r.RUN_RESUMED, {"at": format_time(self.clock.now())}))
-        try:
-            self._commit(batch)
-        except Exception as error:
-            raise self._interrupted(_HostFailure(error)) from error
+        return batch
+
+    def _applied(self, batch: Sequence[NewEntry]) -> None:
         self._pending_start = self._pending_resume = False
         for entry in batch:
             self.state.apply(entry.type, entry.data)
+
+    def _coordinated(self, make: Callable[[list[NewEntry]], Request], entries: Sequence[NewEntry]) -> Answer:
+        """Commit run entries through the coordinator (ordered with events); StaleRunError stops the run."""
+        if self.coordinate is None:
+            raise self.abort("UnsupportedStepError", "this engine has no coordinator for waits and events")
+        with self._lock:
+            batch = self._prefixed(entries)
+            try:
+                answer = self.coordinate(make(batch))
+            except Exception as error:
+                raise self._interrupted(_HostFailure(error)) from error
+            if isinstance(answer, Exception) and not isinstance(answer, EngineError):
+                raise self._interrupted(_HostFailure(answer))
+            if not isinstance(answer, Exception):
+                self._applied(batch)
+            return answer
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -139,9 +287,12 @@ class Invocation:
         self.check_interrupt()
         record = self.state.memo.get(key)
         if record is None:
-            if kind != SLEEP_KIND and key in self.state.sleeps:  # begun as a sleep, not yet completed
-                changed = NondeterminismError(key, SLEEP_KIND, kind)
+            begun = SLEEP_KIND if key in self.state.sleeps else self.state.waits.get(key, {}).get("kind")
+            if begun is not None and begun != kind:  # begun as a sleep or wait, not yet completed
+                changed = NondeterminismError(key, begun, kind)
                 raise self._interrupted(_Abort(error_info(changed, with_stack=False)))
+            if begun is None:
+                self.check_cancel()
             self.live = True
             return None
         if record.kind != kind:
@@ -186,12 +337,20 @@ class Invocation:
         info = error_info(error)
         failures = self.step_attempt(key) + 1
         retry_at = self._retry_at(error, failures, key)
-        base = {**self._step_base(key, step_id, kind, started), "error": info}
         if retry_at is not None:
-            self.commit(NewEntry(r.STEP_ERRORED, {**base, "retry_at": format_time(retry_at)}))
+            base = {**self._step_base(key, step_id, kind, started), "error": info}
+            due = format_time(self.next_wake(retry_at))
+            self.commit(NewEntry(r.STEP_ERRORED, {**base, "retry_at": format_time(retry_at), "due_at": due}))
             raise self._interrupted(_Suspend(retry_at))
+        self.fail_step(key, step_id, kind, info, started, cause=error)
+
+    def fail_step(
+        self, key: str, step_id: str, kind: str, info: ErrorInfo, started: datetime, cause: BaseException | None = None
+    ) -> NoReturn:
+        """Commit a step's final failure and raise it into the function as StepError."""
+        base = {**self._step_base(key, step_id, kind, started), "error": info}
         self.commit(NewEntry(r.STEP_FAILED, {**base, "n": len(self.state.memo) + 1}))
-        raise StepError(key, info["name"], info["message"], info["stack"]) from error
+        raise StepError(key, info["name"], info["message"], info.get("stack")) from cause
 
     def sleep_until(self, key: str, step_id: str, wake_at: datetime) -> None:
         """A durable sleep. The deadline is written once, at the first call; the run then waits
@@ -200,7 +359,7 @@ class Invocation:
         planned = self.state.sleeps.get(key)
         if planned is None and wake_at > now:
             data = {"step": key, "id": step_id, "kind": SLEEP_KIND, "started_at": format_time(now),
-                    "wake_at": format_time(wake_at)}
+                    "wake_at": format_time(wake_at), "due_at": format_time(self.next_wake(wake_at))}
             self.commit(NewEntry(r.STEP_SLEEPING, data))
             raise self._interrupted(_Suspend(wake_at))
         if planned is not None and parse_time(planned) > now:
@@ -216,17 +375,99 @@ class Invocation:
         replay after a crash between the send and the step's commit is deduplicated (24 h).
         """
         started = self.clock.now()
-        if self.send is None:
+        if self.coordinate is None:
             raise self.abort("UnsupportedStepError", "this engine has no way to send events")
         stamped = [{**event, "id": event.get("id") or f"{self.state.run_id}:{key}:{index}"}
                    for index, event in enumerate(events)]
         try:
-            ids = self.send(stamped)
-        except (ValueError, TypeError) as error:  # a bad event: no retry can fix it
-            self.record_failure(key, step_id, SEND_KIND, NonRetriableError(str(error)), started)
+            answer = self.coordinate(SendEvents(stamped))
         except Exception as error:
             raise self._interrupted(_HostFailure(error)) from error
-        return self.record_output(key, step_id, SEND_KIND, list(ids), started)
+        if isinstance(answer, (ValueError, TypeError)):  # a bad event: no retry can fix it
+            self.record_failure(key, step_id, SEND_KIND, NonRetriableError(str(answer)), started)
+        if not isinstance(answer, Accepted):
+            raise self._interrupted(_HostFailure(answer if isinstance(answer, Exception) else TypeError(answer)))
+        return self.record_output(key, step_id, SEND_KIND, list(answer.ids), started)
+
+    # -- waits and invokes -------------------------------------------------------------------------
+
+    def wait(
+        self, key: str, step_id: str, *, kind: str, event: str, expression: str | None, timeout: timedelta,
+        send: Sequence[dict[str, Any]] = (), trigger: dict[str, Any] | None = None,
+    ) -> tuple[Any, datetime]:
+        """Register a wait at its first call (and suspend); later, its result: the event, or None if it expired.
+
+        Returns the result and when the wait began.
+        """
+        pending = self.state.waits.get(key)
+        if pending is None:
+            self._register(key, step_id, kind, event, expression, timeout, send, trigger)
+        started = parse_time(pending["started_at"])
+        result = self.state.wait_results.get(key, _PENDING)
+        if result is _PENDING:
+            expires = parse_time(pending["expires_at"])
+            if expires > self.clock.now():
+                raise self._interrupted(_Suspend(self.next_wake()))  # woken for something else: wait on
+            result = self._expire(key)
+        return result, started
+
+    def _expire(self, key: str) -> Any:
+        assert self.coordinate is not None
+        try:
+            answer = self.coordinate(ExpireWait(self.state.run_id, key))
+        except Exception as error:
+            raise self._interrupted(_HostFailure(error)) from error
+        if not isinstance(answer, Done):
+            raise self._interrupted(_HostFailure(answer if isinstance(answer, Exception) else TypeError(answer)))
+        return answer.value
+
+    def _register(
+        self, key: str, step_id: str, kind: str, event: str, expression: str | None, timeout: timedelta,
+        send: Sequence[dict[str, Any]], trigger: dict[str, Any] | None,
+    ) -> NoReturn:
+        now = self.clock.now()
+        if trigger is None:
+            trigger = self.state.events[0] if self.state.events else {}
+        pause = make_pause(
+            run_id=self.state.run_id, function_id=self.function.id, step=key, kind=kind, event=event,
+            expression=expression, trigger_event=trigger, expires_at=format_time(now + timeout),
+        )
+        due = self.next_wake(now + timeout)
+        data = {"step": key, "id": step_id, "kind": kind, "started_at": format_time(now), "pause": pause.to_dict(),
+                "due_at": format_time(due)}
+        answer = self._coordinated(
+            lambda batch: RegisterWait(self.state.run_id, self.state.version, tuple(batch), pause, tuple(send)),
+            [NewEntry(r.STEP_WAITING, data)],
+        )
+        if isinstance(answer, Exception):  # the invoked function's event was refused
+            raise self.abort(type(answer).__name__, f"step {key!r}: {answer}")
+        raise self._interrupted(_Suspend(due))
+
+    def complete_wait(self, key: str, step_id: str, kind: str, output: Any, started: datetime) -> Any:
+        """Commit a wait's result as its step's output."""
+        self.commit(NewEntry(r.STEP_COMPLETED, {**self._step_base(key, step_id, kind, started),
+                                                "n": len(self.state.memo) + 1, "output": output}))
+        return output
+
+    def invoke_correlation(self, key: str) -> str:
+        """The id that ties an invoked run's end to this run's step."""
+        return f"{self.state.run_id}.{key}"
+
+    # -- async parallelism (asyncio.gather) ---------------------------------------------------------
+
+    def body_started(self) -> None:
+        self._in_flight += 1
+
+    def body_ended(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._settled is not None:
+            self._settled.set()
+
+    async def settle(self) -> None:
+        """Before a gathered task suspends the run: let the step bodies of the other tasks finish."""
+        while self._in_flight > 0:
+            self._settled = asyncio.Event()
+            await self._settled.wait()
 
     def _sleep_started(self, key: str) -> str:
         return self.state.sleeps_started.get(key) or format_time(self.clock.now())
@@ -271,6 +512,7 @@ class Invocation:
             if ready_at > self.clock.now():  # an event's ts in the future: not before then
                 return Outcome("waiting", wake_at=ready_at)
         try:
+            self.check_cancel()
             output = self._call(context)
         except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here
             return self._conclude(self._interrupt or raised)
@@ -280,7 +522,9 @@ class Invocation:
 
     def _conclude(self, raised: BaseException) -> Outcome:
         if isinstance(raised, _Suspend):
-            return Outcome("waiting", wake_at=raised.wake_at)
+            return self._suspend(raised.wake_at)
+        if isinstance(raised, _Cancel):
+            return self._cancel(raised.reason)
         if isinstance(raised, _Abort):
             return self._fail(raised.error)
         if isinstance(raised, (StepError, NonRetriableError)):
@@ -291,8 +535,18 @@ class Invocation:
 
     def _call(self, context: Any) -> Any:
         if self.function.is_async:
-            return asyncio.run(self.function.handler(context))
+            return asyncio.run(self._main(context))
         return self.function.handler(context)
+
+    async def _main(self, context: Any) -> Any:
+        self.main_task = asyncio.current_task()
+        return await self.function.handler(context)
+
+    def _suspend(self, wake_at: datetime) -> Outcome:
+        wake = self.next_wake(wake_at)
+        if self.state.status != "waiting":  # nothing recorded says so since the run resumed
+            self.commit(NewEntry(r.RUN_SUSPENDED, {"due_at": format_time(wake)}))
+        return Outcome("waiting", wake_at=wake)
 
     def _complete(self, output: Any) -> Outcome:
         try:
@@ -300,12 +554,37 @@ class Invocation:
         except NotJSONError as error:
             return self._fail({"name": "OutputError", "message": str(error), "stack": None})
         recorded = _json_copy(output, text)
-        self.commit(NewEntry(r.RUN_COMPLETED, {"output": recorded, "at": self._now(), "steps": len(self.state.memo)}))
+        data = {"output": recorded, "at": self._now(), "steps": len(self.state.memo)}
+        self._end("completed", NewEntry(r.RUN_COMPLETED, data), output=recorded)
         return Outcome("completed", output=_json_copy(output, text))
 
     def _fail(self, error: ErrorInfo) -> Outcome:
-        self.commit(NewEntry(r.RUN_FAILED, {"error": error, "at": self._now(), "steps": len(self.state.memo)}))
+        self._end("failed", NewEntry(r.RUN_FAILED, {"error": error, "at": self._now(), "steps": len(self.state.memo)}),
+                  error=error)
         return Outcome("failed", error=error)
+
+    def _cancel(self, reason: str) -> Outcome:
+        error = {"name": "RunCancelled", "message": f"run cancelled: {reason}", "stack": None}
+        data = {"reason": reason, "error": error, "at": self._now(), "steps": len(self.state.memo)}
+        self._pending_start = False  # a run cancelled before it started never started
+        self._end("cancelled", NewEntry(r.RUN_CANCELLED, data), error=error)
+        return Outcome("cancelled", error=error)
+
+    def _end(self, status: str, entry: NewEntry, *, output: Any = None, error: Any = None) -> None:
+        """Record the run's end; with its end events and releasing its pauses, through the coordinator, if needed."""
+        release = self.state.listeners + list(self.state.waits)
+        if release:
+            entry = NewEntry(entry.type, {**entry.data, "release": release})
+        announce = correlation_id(self.state) is not None or any(self._listens_for(n) for n in END_EVENTS[status])
+        if not release and not announce:
+            self.commit(entry)
+            return
+        events = tuple(end_events(self.state, status, output=output, error=error)) if announce else ()
+        answer = self._coordinated(
+            lambda batch: EndRun(self.state.run_id, self.state.version, tuple(batch), events), [entry]
+        )
+        if isinstance(answer, Exception):
+            raise self._interrupted(_HostFailure(answer))
 
     def _function_errored(self, error: Exception) -> Outcome:
         retry_at = self._retry_at(error, self.state.run_failures + 1, "run")

@@ -5,7 +5,8 @@
 | runs   | run_id      | every run: function, status, first event, times, output or error     |
 | events | internal_id | every received event (duplicates too): name, user id, ts, data      |
 | queue  | run_id      | runs scheduled and not yet started, in order, with when they are ready |
-| timers | run_id      | runs waiting for a time (retry backoff, a sleep), with when they are due |
+| timers | run_id      | runs waiting for a time (retry backoff, a sleep, a wait's timeout, a signal), with when they are due |
+| waits  | run_id, step | pauses: runs listening for an event (waits, invokes, cancel rules)  |
 
 Steps change no projection: the step path writes one log row and nothing else. The runs table
 counts a run's steps when it ends.
@@ -53,6 +54,16 @@ TIMERS = Table(
     columns={"run_id": str, "due_at": str, "reason": str},
     indexes=(("due_at",),),
 )
+WAITS = Table(
+    "waits",
+    key=("run_id", "step"),
+    columns={
+        "run_id": str, "step": str, "function_id": str, "kind": str, "event": str, "expression": str,
+        "trigger": str, "expires_at": str, "created_at": str,
+    },
+    indexes=(("event",),),
+)
+PAUSE_KINDS = ("wait", "invoke")
 
 
 def _json(value: Any) -> str:
@@ -62,7 +73,7 @@ def _json(value: Any) -> str:
 class RunProjector:
     """Maps each engine entry to row changes in runs, events, queue and timers."""
 
-    tables: Sequence[Table] = (RUNS, EVENTS, QUEUE, TIMERS)
+    tables: Sequence[Table] = (RUNS, EVENTS, QUEUE, TIMERS, WAITS)
 
     def project(self, entry: Entry) -> Iterable[Change]:
         handler = _HANDLERS.get(entry.type)
@@ -88,7 +99,17 @@ def _scheduled(entry: Entry, run_id: str) -> list[Change]:
     }
     queued = {"run_id": run_id, "function_id": data["function_id"], "ready_at": data["ready_at"],
               "position": entry.position}
-    return [Upsert("runs", run), Upsert("queue", queued)]
+    pauses = [_pause_row(pause, entry.recorded_at) for pause in data.get("cancel", ())]
+    return [Upsert("runs", run), Upsert("queue", queued), *pauses]
+
+
+def _pause_row(pause: dict[str, Any], recorded_at: str) -> Upsert:
+    row = {
+        "run_id": pause["run_id"], "step": pause["step"], "function_id": pause["function_id"],
+        "kind": pause["kind"], "event": pause["event"], "expression": pause["expression"],
+        "trigger": _json(pause["trigger"]), "expires_at": pause["expires_at"], "created_at": recorded_at,
+    }
+    return Upsert("waits", row)
 
 
 def _started(entry: Entry, run_id: str) -> list[Change]:
@@ -103,8 +124,41 @@ def _resumed(entry: Entry, run_id: str) -> list[Change]:
 
 def _sleeping(entry: Entry, run_id: str) -> list[Change]:
     run = {"run_id": run_id, "status": "waiting", "updated_at": entry.recorded_at}
-    timer = {"run_id": run_id, "due_at": entry.data["wake_at"], "reason": f"sleep {entry.data['step']}"}
+    due = entry.data.get("due_at") or entry.data["wake_at"]
+    timer = {"run_id": run_id, "due_at": due, "reason": f"sleep {entry.data['step']}"}
     return [Upsert("runs", run), Upsert("timers", timer)]
+
+
+def _waiting(entry: Entry, run_id: str) -> list[Change]:
+    run = {"run_id": run_id, "status": "waiting", "updated_at": entry.recorded_at}
+    timer = {"run_id": run_id, "due_at": entry.data["due_at"], "reason": f"wait {entry.data['step']}"}
+    return [Upsert("runs", run), Upsert("timers", timer), _pause_row(entry.data["pause"], entry.recorded_at)]
+
+
+def _suspended(entry: Entry, run_id: str) -> list[Change]:
+    run = {"run_id": run_id, "status": "waiting", "updated_at": entry.recorded_at}
+    timer = {"run_id": run_id, "due_at": entry.data["due_at"], "reason": "suspended"}
+    return [Upsert("runs", run), Upsert("timers", timer)]
+
+
+def _step_ended(entry: Entry, run_id: str) -> list[Change]:
+    if entry.data.get("kind") not in PAUSE_KINDS:
+        return []
+    return [Delete("waits", {"run_id": run_id, "step": entry.data["step"]})]
+
+
+def _wait_signal(wake: bool) -> Any:
+    def project(entry: Entry, run_id: str) -> list[Change]:
+        changes: list[Change] = [Delete("waits", {"run_id": run_id, "step": entry.data["step"]})]
+        if wake:  # the run must resume even if this process dies before it does
+            changes.append(Upsert("timers", {"run_id": run_id, "due_at": entry.recorded_at, "reason": "wait resolved"}))
+        return changes
+
+    return project
+
+
+def _cancel_requested(entry: Entry, run_id: str) -> list[Change]:
+    return [Upsert("timers", {"run_id": run_id, "due_at": entry.recorded_at, "reason": "cancel"})]
 
 
 def _errored(entry: Entry, run_id: str) -> list[Change]:
@@ -120,7 +174,9 @@ def _ended(status: str, column: str) -> Any:
             "run_id": run_id, "status": status, "ended_at": entry.data["at"], "updated_at": entry.recorded_at,
             "steps": entry.data.get("steps", 0), column: _json(entry.data.get(column)),
         }
-        return [Upsert("runs", run), Delete("timers", {"run_id": run_id}), Delete("queue", {"run_id": run_id})]
+        released = [Delete("waits", {"run_id": run_id, "step": step}) for step in entry.data.get("release", ())]
+        return [Upsert("runs", run), Delete("timers", {"run_id": run_id}), Delete("queue", {"run_id": run_id}),
+                *released]
 
     return project
 
@@ -133,7 +189,15 @@ _HANDLERS: dict[str, Any] = {
     r.RUN_RESUMED: _resumed,
     r.STEP_ERRORED: _errored,
     r.STEP_SLEEPING: _sleeping,
+    r.STEP_WAITING: _waiting,
+    r.STEP_COMPLETED: _step_ended,
+    r.STEP_FAILED: _step_ended,
+    r.RUN_SUSPENDED: _suspended,
     r.RUN_ERRORED: _errored,
     r.RUN_COMPLETED: _ended("completed", "output"),
     r.RUN_FAILED: _ended("failed", "error"),
+    r.RUN_CANCELLED: _ended("cancelled", "error"),
+    r.WAIT_RESOLVED: _wait_signal(wake=True),
+    r.WAIT_EXPIRED: _wait_signal(wake=False),
+    r.CANCEL_REQUESTED: _cancel_requested,
 }

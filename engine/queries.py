@@ -11,6 +11,7 @@ from steplog.engine import records as r
 from steplog.engine.clock import SystemClock
 from steplog.engine.durations import parse_duration
 from steplog.engine.errors import RunNotFoundError
+from steplog.engine.expressions import Expression, ExpressionError, compile_expression
 from steplog.eventstore import Entry, EventStore, format_time
 
 
@@ -163,12 +164,60 @@ def get_run(store: EventStore, run_id: str) -> dict[str, Any]:
 def run_history(store: EventStore, run_id: str) -> RunHistory:
     """A run's summary and each step attempt, in order, from its stream."""
     run = get_run(store, run_id)
-    entries = store.read_stream(r.run_stream(run_id))
-    return RunHistory(run, [a for a in map(_attempt, entries) if a is not None], entries)
+    own = store.read_stream(r.run_stream(run_id))
+    # what was sent to the run (matched events, expiries, cancel requests) interleaved in log order
+    entries = sorted(own + store.read_stream(r.signal_stream(run_id)), key=lambda entry: entry.position)
+    return RunHistory(run, [a for a in map(_attempt, own) if a is not None], entries)
+
+
+def runs_to_cancel(
+    store: EventStore,
+    *,
+    function_id: str,
+    status: str | None = None,
+    since: When = None,
+    until: When = None,
+    if_exp: str | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """The runs of a function that have not ended and match the filters, oldest first.
+
+    ``if_exp`` is CEL over ``event``, the run's trigger; ValueError for a bad filter.
+    """
+    if status is not None and status not in ACTIVE_STATUSES:
+        raise ValueError(f"only runs that have not ended can be cancelled; status must be one of {ACTIVE_STATUSES}")
+    condition = None
+    if if_exp is not None:
+        try:
+            condition = compile_expression(if_exp, names=("event",), result="bool")
+        except ExpressionError as error:
+            raise ValueError(f"if_exp: {error}") from None
+    runs = []
+    for wanted in [status] if status else ACTIVE_STATUSES:
+        runs.extend(list_runs(store, function_id=function_id, status=wanted, since=since, until=until, limit=None,
+                              now=now))
+    runs.sort(key=lambda row: (row["scheduled_at"], row["run_id"]))
+    return [run["run_id"] for run in runs if condition is None or _trigger_holds(store, run, condition)]
+
+
+ACTIVE_STATUSES = ("queued", "running", "waiting")
+
+
+def _trigger_holds(store: EventStore, run: dict[str, Any], condition: Expression) -> bool:
+    rows = store.query("events", where={"internal_id": run["event_id"]}) if run.get("event_id") else []
+    if not rows:
+        return False
+    row = rows[0]
+    event = {"name": row["name"], "id": row["id"], "ts": row["ts"], "data": json.loads(row["data"])}
+    try:
+        return condition.evaluate({"event": event}) is True
+    except ExpressionError:
+        return False
 
 
 _ATTEMPT_STATUS = {
-    r.STEP_COMPLETED: "completed", r.STEP_ERRORED: "errored", r.STEP_FAILED: "failed", r.STEP_SLEEPING: "sleeping"
+    r.STEP_COMPLETED: "completed", r.STEP_ERRORED: "errored", r.STEP_FAILED: "failed", r.STEP_SLEEPING: "sleeping",
+    r.STEP_WAITING: "waiting",
 }
 
 
@@ -180,5 +229,6 @@ def _attempt(entry: Entry) -> StepAttempt | None:
     return StepAttempt(
         step=data["step"], id=data["id"], kind=data["kind"], attempt=data.get("attempt", 0), status=status,
         started_at=data["started_at"], ended_at=data.get("ended_at"), output=data.get("output"),
-        error=data.get("error"), retry_at=data.get("retry_at"), wake_at=data.get("wake_at"),
+        error=data.get("error"), retry_at=data.get("retry_at"),
+        wake_at=data.get("wake_at") or data.get("pause", {}).get("expires_at"),
     )

@@ -1,6 +1,9 @@
 """The entries the engine writes to the log, by type, and how their streams are named.
 
-A run is the stream ``run/<run_id>``; an event is the stream ``event/<internal id>``.
+A run is the stream ``run/<run_id>``; an event is the stream ``event/<internal id>``. What other
+parties tell a run (a matching event arrived for its wait, a wait expired, cancel it) goes to
+``signal/<run_id>``, written only by the coordinator: the run's own stream has a single writer,
+the run's invocation, and signals never race with it.
 
 | type            | data                                                                  |
 |-----------------|-----------------------------------------------------------------------|
@@ -12,11 +15,19 @@ A run is the stream ``run/<run_id>``; an event is the stream ``event/<internal i
 | step.completed  | step, id, kind, n, attempt, output, started_at, ended_at              |
 | step.errored    | step, id, kind, attempt, error, retry_at, started_at, ended_at        |
 | step.failed     | step, id, kind, n, attempt, error, started_at, ended_at               |
-| step.sleeping   | step, id, kind, started_at, wake_at (a durable sleep began)           |
+| step.sleeping   | step, id, kind, started_at, wake_at, due_at (a durable sleep began)   |
+| step.waiting    | step, id, kind, started_at, pause (a wait for an event began), due_at |
+| run.suspended   | due_at (the run waits again with nothing new to record)              |
 | run.errored     | attempt, error, retry_at                                              |
-| run.completed   | output, at, steps                                                     |
-| run.failed      | error, at, steps                                                      |
+| run.completed   | output, at, steps, release                                            |
+| run.failed      | error, at, steps, release                                             |
+| run.cancelled   | reason, at, steps, release                                            |
+| wait.resolved   | step, event (in signal/<run_id>: the event that ended the wait)       |
+| wait.expired    | step (in signal/<run_id>: the wait timed out)                         |
+| cancel.requested| reason (in signal/<run_id>)                                           |
 
+``due_at`` is when the run must next be woken: the earliest of its pending sleeps, waits and
+timeouts. ``release`` lists the run's pauses (waits and cancel listeners) that its end removes.
 ``step`` is the step key (the user's id, then ``id:1``, ``id:2`` for repeats); ``n`` counts the
 run's finished steps; errors are ``{name, message, stack}``; times are ISO 8601 UTC.
 """
@@ -37,9 +48,15 @@ STEP_COMPLETED = "step.completed"
 STEP_ERRORED = "step.errored"
 STEP_FAILED = "step.failed"
 STEP_SLEEPING = "step.sleeping"
+STEP_WAITING = "step.waiting"
+RUN_SUSPENDED = "run.suspended"
 RUN_ERRORED = "run.errored"
 RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
+RUN_CANCELLED = "run.cancelled"
+WAIT_RESOLVED = "wait.resolved"
+WAIT_EXPIRED = "wait.expired"
+CANCEL_REQUESTED = "cancel.requested"
 
 ErrorInfo = dict[str, Any]
 
@@ -50,6 +67,10 @@ def run_stream(run_id: str) -> str:
 
 def event_stream(internal_id: str) -> str:
     return f"event/{internal_id}"
+
+
+def signal_stream(run_id: str) -> str:
+    return f"signal/{run_id}"
 
 
 def stream_id(stream: str) -> str:

@@ -17,13 +17,25 @@ import attrs
 from steplog.engine import records as r
 from steplog.engine.clock import Clock, ManualClock, SystemClock
 from steplog.engine.context import make_context
-from steplog.engine.errors import EngineError, FunctionNotFoundError, RunNotFoundError
-from steplog.engine.events import Event, prepare_events
+from steplog.engine.coordination import (
+    Accepted,
+    Answer,
+    CancelRun,
+    Committer,
+    Coordinator,
+    Done,
+    EndRun,
+    EventInput,
+    Request,
+    SendEvents,
+    StaleRunError,
+)
+from steplog.engine.errors import FunctionNotFoundError, RunNotFoundError
 from steplog.engine.functions import FunctionRegistry
 from steplog.engine.invocation import Invocation, Outcome
 from steplog.engine.limits import Limits
-from steplog.engine.routing import Routed, ScheduledRun, route
 from steplog.engine.state import RunState, fold
+from steplog.engine.system_events import end_events
 from steplog.eventstore import (
     Append,
     Committed,
@@ -35,34 +47,7 @@ from steplog.eventstore import (
     parse_time,
 )
 
-Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
-EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]
-
-
-def _accepted(routed: list[Routed], results: list[Committed | ConcurrencyError]) -> Accepted | Exception:
-    runs: list[ScheduledRun] = []
-    duplicates: list[str] = []
-    for item, result in zip(routed, results):
-        if isinstance(result, ConcurrencyError):
-            return result
-        if result.duplicate_of is None:
-            runs.extend(item.runs)
-        else:
-            duplicates.append(item.received.internal_id)
-    return Accepted([item.received.internal_id for item in routed], runs, duplicates)
-
-
-class StaleRunError(Exception):
-    """Another invocation wrote to the run first; this one must stop without writing."""
-
-
-@attrs.frozen
-class Accepted:
-    """A committed send: the ids of its events, and the runs it scheduled."""
-
-    ids: list[str]
-    runs: list[ScheduledRun]
-    duplicates: list[str]
+__all__ = ["Accepted", "Engine", "EventInput", "Recovery", "StaleRunError"]
 
 
 @attrs.frozen
@@ -92,13 +77,25 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self.limits = limits or Limits()
         self.committer: Committer = committer or self._commit_directly
-        self.sender: Callable[[list[dict[str, Any]]], list[str]] = self.send
-        """How ``step.send_event`` sends: this engine's ``send``, or the runtime's router."""
+        self.coordinator = Coordinator(store, self.registry, self.limits, self.committer)
+        self.coordinate: Callable[[Request], Answer] = self._coordinate_here
+        """How invocations reach the coordinator: directly (here), or through the runtime's router."""
         self._ready: deque[str] = deque()
         self._timers: list[tuple[datetime, str]] = []
 
     def _commit_directly(self, appends: Sequence[Append]) -> list[Committed | ConcurrencyError]:
         return self.store.commit(appends, now=self.clock.now())
+
+    def _coordinate_here(self, request: Request) -> Answer:
+        [answer] = self.coordinator.handle([request], self.clock.now())
+        self._take_wakes(answer)
+        return answer
+
+    def _take_wakes(self, answer: Answer) -> None:
+        accepted = answer.accepted if isinstance(answer, Done) else answer
+        if isinstance(accepted, Accepted):
+            self._ready.extend(run.run_id for run in accepted.runs)
+            self._ready.extend(run_id for run_id, _ in accepted.wakes)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -111,30 +108,17 @@ class Engine:
 
     def accept_many(self, sends: Sequence[EventInput]) -> list[Accepted | Exception]:
         """Accept several sends in one commit; each is all-or-nothing, and a bad one spoils no other."""
-        now = self.clock.now()
-        outcomes: list[Exception | list[Routed]] = []
-        for events in sends:
-            try:
-                received = prepare_events(events, now=now, limits=self.limits)
-            except EngineError as error:
-                outcomes.append(error)
-                continue
-            outcomes.append([route(item, self.registry.all(), now) for item in received])
-        routed = [item for outcome in outcomes if isinstance(outcome, list) for item in outcome]
-        results = iter(self.committer([item.append for item in routed]))
-        return [
-            outcome if isinstance(outcome, Exception) else _accepted(outcome, [next(results) for _ in outcome])
-            for outcome in outcomes
-        ]
+        answers = self.coordinator.handle([SendEvents(events) for events in sends], self.clock.now())
+        return [answer for answer in answers if not isinstance(answer, Done)]
 
     # -- runs ------------------------------------------------------------------------------
 
     def load(self, run_id: str) -> RunState:
-        """A run's state folded from its stream."""
+        """A run's state folded from its stream and the signals sent to it."""
         entries = self.store.read_stream(r.run_stream(run_id))
         if not entries:
             raise RunNotFoundError(f"no run {run_id!r} in the log")
-        return fold(run_id, entries)
+        return fold(run_id, entries, self.store.read_stream(r.signal_stream(run_id)))
 
     def invoke(self, run_id: str, state: RunState | None = None) -> Outcome:
         """Run one invocation of a run, from its state in the log (or the given fresh state)."""
@@ -146,7 +130,9 @@ class Engine:
             )
         commit = self._run_committer(state)
         invocation = Invocation(
-            function, state, commit=commit, clock=self.clock, limits=self.limits, send=self.sender
+            function, state, commit=commit, clock=self.clock, limits=self.limits, coordinate=self.coordinate,
+            cancelling=self.coordinator.cancelling, listens_for=self.coordinator.listens_for,
+            registry=self.registry,
         )
         return invocation.run(make_context(invocation))
 
@@ -167,8 +153,20 @@ class Engine:
         if state.finished:
             return
         info = {"name": type(error).__name__, "message": f"the engine could not run this run: {error}", "stack": None}
-        entry = NewEntry(r.RUN_FAILED, {"error": info, "at": format_time(self.clock.now())})
-        self._run_committer(state)([entry])
+        release = state.listeners + list(state.waits)
+        entry = NewEntry(r.RUN_FAILED, {"error": info, "at": format_time(self.clock.now()), "release": release})
+        events = tuple(end_events(state, "failed", error=info))
+        answer = self.coordinate(EndRun(run_id, state.version, (entry,), events))
+        if isinstance(answer, Exception):
+            raise answer
+
+    def cancel(self, run_id: str, reason: str = "cancelled by request") -> bool:
+        """Ask a run to cancel: it stops before its next step. False if it had already ended."""
+        answer = self.coordinate(CancelRun(run_id, reason))
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, Done)
+        return bool(answer.value)
 
     def recover(self) -> Recovery:
         """Runs to start (queued, or interrupted mid-invocation) and timers to arm, from the projections."""
@@ -192,13 +190,14 @@ class Engine:
     # -- the synchronous driver -------------------------------------------------------------
 
     def send(self, events: EventInput) -> list[str]:
-        """Accept events and queue the runs they start; ``run_until_idle`` runs them."""
+        """Accept events and queue the runs they start or wake; ``run_until_idle`` runs them."""
         accepted = self.accept(events)
-        self._ready.extend(run.run_id for run in accepted.runs)
+        self._take_wakes(accepted)
         return accepted.ids
 
     def start(self) -> None:
         """Pick up the work left in the log by an earlier process."""
+        self.coordinator.load_pauses()
         recovery = self.recover()
         self._ready.extend(run_id for run_id, _ in recovery.ready)
         for due, run_id, _ in recovery.timers:

@@ -42,6 +42,32 @@ class RunState:
     """Sleeps begun and not yet completed: step key -> wake time."""
     sleeps_started: dict[str, str] = attrs.Factory(dict)
     """When each of those sleeps began."""
+    waits: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    """Waits (for an event or an invoked run) registered and not yet completed: step key -> pause."""
+    wait_results: dict[str, Any] = attrs.Factory(dict)
+    """Signals: how registered waits ended: step key -> the matching event, or None if it expired."""
+    cancel_requested: str | None = None
+    """Signal: why the run was asked to cancel, if it was."""
+    listeners: list[str] = attrs.Factory(list)
+    """The run's cancel-rule pauses (their step names), removed when it ends."""
+    scheduled_at: str | None = None
+    started_at: str | None = None
+
+    @property
+    def pending_deadlines(self) -> list[str]:
+        """The times at which pending sleeps end and pending waits expire."""
+        deadlines = list(self.sleeps.values())
+        deadlines.extend(w["expires_at"] for key, w in self.waits.items() if key not in self.wait_results)
+        return deadlines
+
+    def apply_signal(self, entry_type: str, data: dict[str, Any]) -> None:
+        """Fold one entry of the run's signal stream (it does not count towards the run's version)."""
+        if entry_type == r.WAIT_RESOLVED:
+            self.wait_results[data["step"]] = data["event"]
+        elif entry_type == r.WAIT_EXPIRED:
+            self.wait_results[data["step"]] = None
+        elif entry_type == r.CANCEL_REQUESTED and self.cancel_requested is None:
+            self.cancel_requested = data["reason"]
 
     @property
     def finished(self) -> bool:
@@ -55,11 +81,13 @@ class RunState:
             handler(self, data)
 
 
-def fold(run_id: str, entries: Iterable[Entry]) -> RunState:
-    """The state of a run after all its entries."""
+def fold(run_id: str, entries: Iterable[Entry], signals: Iterable[Entry] = ()) -> RunState:
+    """The state of a run after all its entries and the signals sent to it."""
     state = RunState(run_id)
     for entry in entries:
         state.apply(entry.type, entry.data)
+    for signal in signals:
+        state.apply_signal(signal.type, signal.data)
     return state
 
 
@@ -67,10 +95,17 @@ def _scheduled(state: RunState, data: dict[str, Any]) -> None:
     state.function_id = data["function_id"]
     state.events = data["events"]
     state.ready_at = data.get("ready_at")
+    state.scheduled_at = data.get("scheduled_at")
+    state.listeners = [pause["step"] for pause in data.get("cancel", ())]
 
 
 def _started(state: RunState, data: dict[str, Any]) -> None:
     state.started = True
+    state.status = "running"
+    state.started_at = data["at"]
+
+
+def _resumed(state: RunState, data: dict[str, Any]) -> None:
     state.status = "running"
 
 
@@ -78,6 +113,7 @@ def _step_completed(state: RunState, data: dict[str, Any]) -> None:
     state.memo[data["step"]] = StepRecord(data["kind"], output=data.get("output"))
     state.sleeps.pop(data["step"], None)
     state.sleeps_started.pop(data["step"], None)
+    state.waits.pop(data["step"], None)
     state.status, state.wake_at = "running", None
 
 
@@ -87,6 +123,15 @@ def _step_sleeping(state: RunState, data: dict[str, Any]) -> None:
     state.status, state.wake_at = "waiting", data["wake_at"]
 
 
+def _step_waiting(state: RunState, data: dict[str, Any]) -> None:
+    state.waits[data["step"]] = {**data["pause"], "started_at": data["started_at"]}
+    state.status, state.wake_at = "waiting", data.get("due_at")
+
+
+def _suspended(state: RunState, data: dict[str, Any]) -> None:
+    state.status, state.wake_at = "waiting", data.get("due_at")
+
+
 def _step_errored(state: RunState, data: dict[str, Any]) -> None:
     state.step_failures[data["step"]] = state.step_failures.get(data["step"], 0) + 1
     state.status, state.wake_at = "waiting", data["retry_at"]
@@ -94,6 +139,7 @@ def _step_errored(state: RunState, data: dict[str, Any]) -> None:
 
 def _step_failed(state: RunState, data: dict[str, Any]) -> None:
     state.memo[data["step"]] = StepRecord(data["kind"], error=data["error"])
+    state.waits.pop(data["step"], None)
     state.status, state.wake_at = "running", None
 
 
@@ -110,14 +156,22 @@ def _failed(state: RunState, data: dict[str, Any]) -> None:
     state.status, state.error, state.wake_at = "failed", data["error"], None
 
 
+def _cancelled(state: RunState, data: dict[str, Any]) -> None:
+    state.status, state.wake_at = "cancelled", None
+    state.error = {"name": "RunCancelled", "message": f"run cancelled: {data['reason']}", "stack": None}
+
+
 _HANDLERS = {
     r.RUN_SCHEDULED: _scheduled,
     r.RUN_STARTED: _started,
-    r.RUN_RESUMED: _started,
+    r.RUN_RESUMED: _resumed,
     r.STEP_COMPLETED: _step_completed,
     r.STEP_ERRORED: _step_errored,
     r.STEP_FAILED: _step_failed,
     r.STEP_SLEEPING: _step_sleeping,
+    r.STEP_WAITING: _step_waiting,
+    r.RUN_SUSPENDED: _suspended,
+    r.RUN_CANCELLED: _cancelled,
     r.RUN_ERRORED: _run_errored,
     r.RUN_COMPLETED: _completed,
     r.RUN_FAILED: _failed,

@@ -109,6 +109,16 @@ class EventStore(ABC):
             raise result
         return result.entries
 
+    def key_recorded(self, key: str, *, window_s: float | None, now: datetime) -> bool:
+        """Whether an append with this idempotency key was recorded within the window before ``now``.
+
+        Exact for a caller that is the only one writing appends with such keys.
+        """
+        self._check_open()
+        with self._snapshot():
+            earlier = self._key_record(key)
+        return earlier is not None and (window_s is None or now.timestamp() - earlier.recorded_ts < window_s)
+
     def _plan_append(
         self, plan: Plan, append: Append, position: int, recorded_at: str, now_ts: float
     ) -> Committed | ConcurrencyError:

@@ -135,6 +135,7 @@ def test_a_sleep_records_its_deadline_and_the_run_waits_on_a_timer(
     [sleeping] = sleeping_entries(run_store, run_id)
     assert sleeping == {
         "step": "nap", "id": "nap", "kind": "sleep", "started_at": format_time(START), "wake_at": format_time(wake),
+        "due_at": format_time(wake),
     }
     # the run holds nothing but rows: it is waiting, with a timer due at the deadline
     assert queries.get_run(run_store, run_id)["status"] == "waiting"

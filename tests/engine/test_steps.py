@@ -609,23 +609,6 @@ def test_a_bare_except_cannot_skip_a_step_retry(clock: ManualClock, store: Event
     assert queries.get_run(store, run_id)["output"] == ["A", "B"]
 
 
-@pytest.mark.parametrize("tool", ["wait_for_event", "invoke"])
-def test_an_inngest_step_tool_not_yet_here_fails_the_run_at_once(
-    clock: ManualClock, store: EventStore, tool: str
-) -> None:
-    def handler(ctx: Context) -> Any:
-        return getattr(ctx.step, tool)("later", "1h")
-
-    engine = make_engine(store, clock, define(handler))
-    run_id = start_one(engine)
-    engine.run_until_idle()
-    run = queries.get_run(store, run_id)
-    assert run["status"] == "failed"
-    assert run["error"]["name"] == "UnsupportedStepError"
-    assert f"ctx.step.{tool} is not available" in run["error"]["message"]
-    assert store.query("timers") == []
-
-
 def test_an_unknown_step_attribute_is_a_plain_attribute_error(clock: ManualClock, store: EventStore) -> None:
     def handler(ctx: Context) -> Any:
         return ctx.step.no_such_tool

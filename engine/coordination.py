@@ -1,0 +1,358 @@
+"""The coordinator: the one place where events meet the runs listening for them.
+
+Everything that must be ordered with respect to incoming events goes through here, one batch at
+a time, from one thread (the router actor, or the caller of the synchronous engine):
+
+- sends: events are checked, routed to the functions they start, and matched against pauses;
+- registering a wait (``wait_for_event``, ``invoke``);
+- expiring a wait whose timeout came;
+- cancelling a run;
+- ending a run whose end events someone listens for (or whose cancel rules must be released).
+
+Because registrations and sends are planned in the order they arrive, and the pause index is
+changed at planning time, a wait sees exactly the matching events committed after it, and none
+committed before. A batch is planned in full and committed in one group commit; each item is
+still all-or-nothing. What a matched pause does is recorded in the run's signal stream, in the
+same append as the event that matched it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+from steplog.engine import records as r
+from steplog.engine.errors import EngineError, RunNotFoundError
+from steplog.engine.events import Event, ReceivedEvent, prepare_events
+from steplog.engine.functions import FunctionRegistry
+from steplog.engine.limits import Limits
+from steplog.engine.pauses import CANCEL_KIND, Pause, PauseIndex
+from steplog.engine.routing import DEDUP_WINDOW, Routed, ScheduledRun, dedup_key, route
+from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite
+
+EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]
+Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
+
+
+class StaleRunError(Exception):
+    """Another invocation wrote to the run first; this one must stop without writing."""
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SendEvents:
+    """Accept events (all or nothing). ``internal`` allows the reserved ``inngest/`` names."""
+
+    events: Any
+    internal: bool = False
+
+
+@attrs.frozen
+class RegisterWait:
+    """Record a run's wait (its step.waiting entry) and start listening; optionally send events with it."""
+
+    run_id: str
+    expected_version: int
+    entries: tuple[NewEntry, ...]
+    pause: Pause
+    events: tuple[dict[str, Any], ...] = ()
+
+
+@attrs.frozen
+class ExpireWait:
+    """A wait's timeout came: end it with None, unless an event ended it first (then answer that event)."""
+
+    run_id: str
+    step: str
+
+
+@attrs.frozen
+class CancelRun:
+    """Ask a run to cancel; it stops before its next step."""
+
+    run_id: str
+    reason: str
+
+
+@attrs.frozen
+class EndRun:
+    """Record a run's end and the events announcing it, together; stop the run's pauses."""
+
+    run_id: str
+    expected_version: int
+    entries: tuple[NewEntry, ...]
+    events: tuple[dict[str, Any], ...] = ()
+
+
+Request = SendEvents | RegisterWait | ExpireWait | CancelRun | EndRun
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Accepted:
+    """A committed send: the ids of its events, the runs it scheduled, and the waiting runs it woke."""
+
+    ids: list[str]
+    runs: list[ScheduledRun]
+    duplicates: list[str]
+    wakes: list[tuple[str, str]] = attrs.Factory(list)
+    """(run_id, function_id) of runs to resume: a wait of theirs ended, or they must cancel."""
+
+
+@attrs.frozen
+class Done:
+    """A registration, expiry, cancel request or run end that was recorded."""
+
+    value: Any = None
+    accepted: Accepted | None = None
+    """The events sent with it, if any."""
+
+
+Answer = Accepted | Done | Exception
+
+
+@attrs.define
+class _Planned:
+    appends: list[Append]
+    finish: Callable[[list[Committed | ConcurrencyError]], Answer]
+    undo: Callable[[], None] = lambda: None
+
+
+@attrs.define
+class _Batch:
+    """What earlier items of the batch being planned did, for the later ones to see."""
+
+    keys: set[str] = attrs.Factory(set)
+    resolved: dict[tuple[str, str], Any] = attrs.Factory(dict)
+
+
+class Coordinator:
+    """Plans and commits requests in order; owns the pause index and the set of runs asked to cancel."""
+
+    def __init__(
+        self, store: EventStore, registry: FunctionRegistry, limits: Limits, committer: Committer
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.limits = limits
+        self.committer = committer
+        self.pauses = PauseIndex()
+        self.cancelling: dict[str, str] = {}
+        """run_id -> reason for runs asked to cancel: a live invocation reads it between steps."""
+        self._triggered: dict[str, tuple[int, bool]] = {}
+
+    def load_pauses(self) -> int:
+        """Fill the index from the waits projection (at start); returns how many pauses there are."""
+        for row in self.store.query("waits"):
+            self.pauses.add(Pause.from_dict({**row, "trigger": _json_load(row["trigger"])}))
+        return len(self.pauses)
+
+    def listens_for(self, name: str) -> bool:
+        """Whether events with this name can reach anything: a function's trigger or a pause.
+
+        Cheap enough for every run end, and safe to call from any thread.
+        """
+        if self.pauses.listens_for(name):
+            return True
+        functions = self.registry.all()
+        cached = self._triggered.get(name)
+        if cached is None or cached[0] != len(functions):
+            cached = (len(functions), any(t.matches_name(name) for fn in functions for t in fn.triggers))
+            self._triggered[name] = cached
+        return cached[1]
+
+    def handle(self, requests: Sequence[Request], now: datetime) -> list[Answer]:
+        """Plan every request in order, commit them together, and answer each."""
+        batch = _Batch()
+        planned = [self._plan(request, batch, now) for request in requests]
+        appends = [append for item in planned if not isinstance(item, Exception) for append in item.appends]
+        try:
+            results = iter(self.committer(appends) if appends else [])
+        except BaseException:
+            for item in planned:
+                if not isinstance(item, Exception):
+                    item.undo()
+            raise
+        answers: list[Answer] = []
+        for item in planned:
+            if isinstance(item, Exception):
+                answers.append(item)
+                continue
+            outcome = [next(results) for _ in item.appends]
+            if any(isinstance(result, ConcurrencyError) for result in outcome):
+                item.undo()
+            answers.append(item.finish(outcome))
+        return answers
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def _plan(self, request: Request, batch: _Batch, now: datetime) -> _Planned | Exception:
+        try:
+            if isinstance(request, SendEvents):
+                return self._plan_send(request.events, request.internal, batch, now)
+            if isinstance(request, RegisterWait):
+                return self._plan_wait(request, batch, now)
+            if isinstance(request, ExpireWait):
+                return self._plan_expiry(request, batch)
+            if isinstance(request, CancelRun):
+                return self._plan_cancel(request)
+            return self._plan_end(request, batch, now)
+        except EngineError as error:
+            return error
+
+    def _plan_send(self, events: Any, internal: bool, batch: _Batch, now: datetime) -> _Planned:
+        received = prepare_events(events, now=now, limits=self.limits, allow_reserved=internal)
+        routed, wakes, added = [], [], []
+        for item in received:
+            duplicate = self._seen(item, batch, now)
+            one = route(item, self.registry.all(), now, duplicate=duplicate)
+            if not duplicate:
+                signals, woken = self._resolve(one, batch, now)
+                one = attrs.evolve(one, append=attrs.evolve(one.append, writes=one.append.writes + signals))
+                wakes.extend(woken)
+                for run in one.runs:
+                    self.pauses.add_all(run.pauses)
+                    added.extend(run.pauses)
+            routed.append(one)
+
+        def finish(results: list[Committed | ConcurrencyError]) -> Answer:
+            return _accepted(routed, results, wakes)
+
+        def undo() -> None:
+            for pause in added:
+                self.pauses.remove(pause.run_id, pause.step)
+
+        return _Planned([one.append for one in routed], finish, undo)
+
+    def _seen(self, received: ReceivedEvent, batch: _Batch, now: datetime) -> bool:
+        key = dedup_key(received)
+        if key is None:
+            return False
+        if key in batch.keys:
+            return True
+        batch.keys.add(key)
+        return self.store.key_recorded(key, window_s=DEDUP_WINDOW.total_seconds(), now=now)
+
+    def _resolve(self, routed: Routed, batch: _Batch, now: datetime) -> tuple[tuple[StreamWrite, ...], list[Any]]:
+        """What the event does to the pauses it matches: signals to write, runs to wake."""
+        event = routed.received.event.to_dict()
+        writes, wakes = [], []
+        for pause in self.pauses.match(event, now):
+            if pause.kind == CANCEL_KIND:
+                reason = f"cancelled by event {event['name']!r} ({event['id']})"
+                for listener in self.pauses.of_run(pause.run_id):
+                    if listener.kind == CANCEL_KIND:
+                        self.pauses.remove(listener.run_id, listener.step)
+                entry = NewEntry(r.CANCEL_REQUESTED, {"reason": reason})
+                self.cancelling.setdefault(pause.run_id, reason)
+            else:
+                self.pauses.remove(pause.run_id, pause.step)
+                batch.resolved[pause.key] = event
+                entry = NewEntry(r.WAIT_RESOLVED, {"step": pause.step, "event": event})
+            writes.append(StreamWrite(r.signal_stream(pause.run_id), (entry,)))
+            wakes.append((pause.run_id, pause.function_id))
+        return tuple(writes), wakes
+
+    def _plan_wait(self, request: RegisterWait, batch: _Batch, now: datetime) -> _Planned:
+        run_write = StreamWrite(r.run_stream(request.run_id), request.entries, request.expected_version)
+        sent = self._plan_send(list(request.events), True, batch, now) if request.events else None
+        self.pauses.add(request.pause)
+        appends = [Append((run_write,))] + (sent.appends if sent else [])
+        # the run's entry and the events it sends are one append: both or neither
+        merged = Append(tuple(write for append in appends for write in append.writes))
+
+        def finish(results: list[Committed | ConcurrencyError]) -> Answer:
+            [result] = results
+            if isinstance(result, ConcurrencyError):
+                return StaleRunError(str(result))
+            accepted = sent.finish([result] * len(sent.appends)) if sent else None
+            return Done(accepted=accepted if isinstance(accepted, Accepted) else None)
+
+        def undo() -> None:
+            self.pauses.remove(request.pause.run_id, request.pause.step)
+            if sent is not None:
+                sent.undo()
+
+        return _Planned([merged], finish, undo)
+
+    def _plan_expiry(self, request: ExpireWait, batch: _Batch) -> _Planned:
+        key = (request.run_id, request.step)
+        if self.pauses.remove(*key) is None:
+            earlier = batch.resolved[key] if key in batch.resolved else self._recorded_result(*key)
+            if earlier is not _UNRESOLVED:
+                return _Planned([], lambda _results: Done(earlier))
+        batch.resolved[key] = None
+        write = StreamWrite(r.signal_stream(request.run_id), (NewEntry(r.WAIT_EXPIRED, {"step": request.step}),))
+        return _Planned([Append((write,))], lambda _results: Done(None))
+
+    def _recorded_result(self, run_id: str, step: str) -> Any:
+        for entry in reversed(self.store.read_stream(r.signal_stream(run_id))):
+            if entry.type in (r.WAIT_RESOLVED, r.WAIT_EXPIRED) and entry.data["step"] == step:
+                return entry.data.get("event")
+        return _UNRESOLVED
+
+    def _plan_cancel(self, request: CancelRun) -> _Planned:
+        rows = self.store.query("runs", where={"run_id": request.run_id})
+        if not rows:
+            raise RunNotFoundError(f"no run {request.run_id!r}")
+        if rows[0]["status"] in ("completed", "failed", "cancelled"):
+            return _Planned([], lambda _results: Done(False))
+        entry = NewEntry(r.CANCEL_REQUESTED, {"reason": request.reason})
+        write = StreamWrite(r.signal_stream(request.run_id), (entry,))
+
+        def finish(_results: list[Committed | ConcurrencyError]) -> Answer:
+            self.cancelling.setdefault(request.run_id, request.reason)
+            return Done(True, Accepted([], [], [], [(request.run_id, rows[0]["function_id"])]))
+
+        return _Planned([Append((write,))], finish)
+
+    def _plan_end(self, request: EndRun, batch: _Batch, now: datetime) -> _Planned:
+        run_write = StreamWrite(r.run_stream(request.run_id), request.entries, request.expected_version)
+        wanted = [event for event in request.events if self.listens_for(event["name"])]
+        sent = self._plan_send(wanted, True, batch, now) if wanted else None
+        released = self.pauses.remove_run(request.run_id)
+        writes = (run_write,) + tuple(w for append in (sent.appends if sent else []) for w in append.writes)
+
+        def finish(results: list[Committed | ConcurrencyError]) -> Answer:
+            [result] = results
+            if isinstance(result, ConcurrencyError):
+                return StaleRunError(str(result))
+            self.cancelling.pop(request.run_id, None)
+            accepted = sent.finish([result] * len(sent.appends)) if sent else None
+            return Done(accepted=accepted if isinstance(accepted, Accepted) else None)
+
+        def undo() -> None:
+            self.pauses.add_all(released)
+            if sent is not None:
+                sent.undo()
+
+        return _Planned([Append(writes)], finish, undo)
+
+
+_UNRESOLVED = object()
+
+
+def _accepted(
+    routed: list[Routed], results: list[Committed | ConcurrencyError], wakes: list[tuple[str, str]]
+) -> Accepted | Exception:
+    runs: list[ScheduledRun] = []
+    duplicates: list[str] = []
+    for item, result in zip(routed, results):
+        if isinstance(result, ConcurrencyError):
+            return result
+        if result.duplicate_of is not None or item.append.writes[0].entries[0].type == r.EVENT_DUPLICATE:
+            duplicates.append(item.received.internal_id)
+        else:
+            runs.extend(item.runs)
+    return Accepted([item.received.internal_id for item in routed], runs, duplicates, wakes)
+
+
+def _json_load(text: Any) -> Any:
+    return json.loads(text) if isinstance(text, str) else text
