@@ -31,6 +31,7 @@ from steplog.actors.supervisor import FunctionSupervisor
 from steplog.actors.timer import Ticker, TimerActor
 from steplog.actors.writer import StoreWriter, commit_through
 from steplog.engine import (
+    Cancel,
     Clock,
     DefinitionError,
     Engine,
@@ -41,6 +42,7 @@ from steplog.engine import (
     RetryPolicy,
     RunProjector,
     SystemClock,
+    Timeouts,
     TriggerEvent,
     define_function,
     queries,
@@ -119,11 +121,22 @@ class Steplog:
         trigger: TriggerEvent | Sequence[TriggerEvent],
         name: str | None = None,
         retries: int | RetryPolicy = 4,
+        cancel: Sequence[Cancel] | None = None,
+        timeouts: Timeouts | None = None,
+        on_failure: Callable[..., Any] | None = None,
     ) -> Callable[[Callable[..., Any]], FunctionDef]:
-        """Decorator that defines a durable function, as Inngest's ``create_function``."""
+        """Decorator that defines a durable function, as Inngest's ``create_function``.
+
+        ``cancel``: up to 5 ``Cancel`` rules (an event that cancels a run); ``timeouts``:
+        ``Timeouts(start=..., finish=...)``; ``on_failure``: a handler run once after a run's final
+        failure, as the function ``<fn_id>-failure`` triggered by ``inngest/function.failed``.
+        """
 
         def decorate(handler: Callable[..., Any]) -> FunctionDef:
-            function = define_function(handler, fn_id=fn_id, trigger=trigger, name=name, retries=retries)
+            function = define_function(
+                handler, fn_id=fn_id, trigger=trigger, name=name, retries=retries, cancel=cancel,
+                timeouts=timeouts, on_failure=on_failure,
+            )
             if self._started:
                 raise DefinitionError(
                     f"function {fn_id!r} is defined after start(): define every function before starting the engine"

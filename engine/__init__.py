@@ -24,6 +24,7 @@ from steplog.engine.expressions import Expression, ExpressionError, compile_expr
 from steplog.engine.functions import FunctionDef, FunctionRegistry, define_function
 from steplog.engine.invocation import Outcome
 from steplog.engine.limits import Limits
+from steplog.engine.options import Cancel, Timeouts
 from steplog.engine.projector import RunProjector
 from steplog.engine.retry import RetryPolicy
 from steplog.engine.service import Engine
@@ -31,6 +32,7 @@ from steplog.engine.triggers import TriggerEvent
 
 __all__ = [
     "AsyncStep",
+    "Cancel",
     "Clock",
     "Context",
     "DefinitionError",
@@ -57,6 +59,7 @@ __all__ = [
     "Step",
     "StepError",
     "SystemClock",
+    "Timeouts",
     "TriggerEvent",
     "compile_expression",
     "define_function",

@@ -17,6 +17,7 @@ threads) and ``eventstore`` (the log).
 
 from steplog.actors import DatabaseInUseError, EngineStoppedError, RunHandle, Steplog
 from steplog.engine import (
+    Cancel,
     Context,
     DefinitionError,
     EngineError,
@@ -34,11 +35,13 @@ from steplog.engine import (
     RunNotFoundError,
     StepError,
     SystemClock,
+    Timeouts,
     TriggerEvent,
 )
 from steplog.eventstore import MemoryEventStore, SqliteEventStore
 
 __all__ = [
+    "Cancel",
     "Context",
     "DatabaseInUseError",
     "DefinitionError",
@@ -62,5 +65,6 @@ __all__ = [
     "StepError",
     "Steplog",
     "SystemClock",
+    "Timeouts",
     "TriggerEvent",
 ]
