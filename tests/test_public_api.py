@@ -8,16 +8,17 @@ import pytest
 
 EXPECTED = {
     "steplog": [
-        "Context", "DatabaseInUseError", "DefinitionError", "EngineError", "EngineStoppedError", "Event", "EventError", "ExpressionError",
+        "Cancel", "Context", "DatabaseInUseError", "DefinitionError", "EngineError", "EngineStoppedError", "Event", "EventError", "ExpressionError",
         "FunctionDef", "Limits", "ManualClock", "MemoryEventStore", "NonRetriableError", "NondeterminismError",
         "RetryAfterError", "RetryPolicy", "RunFailedError", "RunHandle", "RunNotFoundError", "SqliteEventStore",
-        "StepError", "Steplog", "SystemClock", "TriggerEvent",
+        "StepError", "Steplog", "SystemClock", "Timeouts", "TriggerEvent",
     ],
     "steplog.engine": [
-        "AsyncStep", "Clock", "Context", "DefinitionError", "Duration", "Engine", "EngineError", "Event", "EventError",
+        "AsyncStep", "Cancel", "Clock", "Context", "DefinitionError", "Duration", "Engine", "EngineError", "Event", "EventError",
         "Expression", "ExpressionError", "FunctionDef", "FunctionNotFoundError", "FunctionRegistry", "Limits",
         "ManualClock", "NonRetriableError", "NondeterminismError", "Outcome", "RetryAfterError", "RetryPolicy",
-        "RunFailedError", "RunNotFoundError", "RunProjector", "Step", "StepError", "SystemClock", "TriggerEvent",
+        "RunFailedError", "RunNotFoundError", "RunProjector", "Step", "StepError", "SystemClock", "Timeouts",
+        "TriggerEvent",
         "compile_expression", "define_function", "parse_duration", "queries",
     ],
     "steplog.actors": ["DatabaseInUseError", "EngineStoppedError", "RunHandle", "Steplog"],
