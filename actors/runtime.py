@@ -226,8 +226,14 @@ class Steplog:
                 continue
             self._activity.begin()
             supervisor.tell(StartRun(run_id))
+        now = self.clock.now()
         for due, run_id, function_id in recovery.timers:
-            self._timer.tell(Arm(due, run_id, function_id))
+            supervisor = self._supervisors.get(function_id)
+            if due <= now and supervisor is not None:  # due already: counted now, so run_until_idle waits for it
+                self._activity.begin()
+                supervisor.tell(StartRun(run_id))
+            else:
+                self._timer.tell(Arm(due, run_id, function_id))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let executing runs finish their invocation (up to ``timeout`` s), then stop every actor.

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from steplog.engine import RunNotFoundError, RunProjector, queries
+from steplog.engine import Engine, RunNotFoundError, RunProjector, queries
 from steplog.eventstore import Difference, EventStoreError, SqliteEventStore, parse_time
 from steplog.actors.dblock import DatabaseLock
 from steplog.actors.errors import DatabaseInUseError
@@ -130,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
         " output or error. --json includes full error stacks and every log entry of the run.",
     )
     run.add_argument("run_id", metavar="RUN_ID", help="the run's id (a unique prefix is enough)")
+
+    cancel = command(
+        "cancel", cmd_cancel, [as_json], help="cancel one run, or the runs of a function matching filters",
+        description="Cancel a run (RUN_ID), or every run of --function that has not ended and matches"
+        " --status, --since/--until (scheduling time) and --if (CEL over the trigger `event`). The"
+        " request is recorded at once; each run stops before its next step when an engine runs it."
+        " Needs the database to itself: while your app's engine runs, cancel from it (client.cancel).",
+    )
+    cancel.add_argument("run_id", metavar="RUN_ID", nargs="?", help="the run's id (a unique prefix is enough)")
+    cancel.add_argument("--function", metavar="ID", help="cancel the runs of this function that match the filters")
+    cancel.add_argument("--status", choices=queries.ACTIVE_STATUSES, help="only runs with this status")
+    cancel.add_argument("--since", type=_time_arg, metavar="TIME", help="only runs scheduled at or after this time")
+    cancel.add_argument("--until", type=_time_arg, metavar="TIME", help="only runs scheduled at or before this time")
+    cancel.add_argument("--if", dest="if_exp", metavar="CEL", help="only runs whose trigger satisfies this expression")
+    cancel.add_argument("--reason", default="cancelled from the command line", help="recorded with each run")
 
     rebuild = command(
         "rebuild", cmd_rebuild, [as_json], help="rebuild the projections from the log",
@@ -314,6 +329,54 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         return _print_json(document, out)
     print_run(history, event, out)
     return 0
+
+
+def cmd_cancel(args: argparse.Namespace, out: TextIO) -> int:
+    if (args.run_id is None) == (args.function is None):
+        raise CliError("give a RUN_ID, or --function with filters (not both)", code=2)
+    if args.run_id is not None and (args.status or args.since or args.until or args.if_exp):
+        raise CliError("--status, --since, --until and --if select runs of --function; with a RUN_ID leave them out",
+                       code=2)
+    check_database(args.db)
+    lock = DatabaseLock(args.db)
+    try:
+        lock.acquire()
+    except DatabaseInUseError as error:
+        raise CliError(f"{error}; cancel from the running app (client.cancel), or stop it first") from None
+    try:
+        with open_writer(args.db) as store:
+            cancelled, ended = _cancel_runs(store, args)
+    finally:
+        lock.release()
+    if args.json:
+        return _print_json({"cancelled": cancelled, "already_ended": ended}, out)
+    for run_id in cancelled:
+        print(f"cancel requested: {run_id}", file=out)
+    for run_id in ended:
+        print(f"already ended, not cancelled: {run_id}", file=out)
+    if not cancelled and not ended:
+        print("no run matched; nothing cancelled", file=out)
+    elif cancelled:
+        print("Each run stops before its next step, once your app's engine runs it.", file=out)
+    return 0
+
+
+def _cancel_runs(store: SqliteEventStore, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    engine = Engine(store)
+    if args.run_id is not None:
+        run_ids = [_resolve_run_id(store, args.run_id)]
+    else:
+        try:
+            run_ids = queries.runs_to_cancel(
+                store, function_id=args.function, status=args.status, since=args.since, until=args.until,
+                if_exp=args.if_exp,
+            )
+        except ValueError as error:
+            raise CliError(str(error), code=2) from None
+    cancelled, ended = [], []
+    for run_id in run_ids:
+        (cancelled if engine.cancel(run_id, args.reason) else ended).append(run_id)
+    return cancelled, ended
 
 
 def cmd_rebuild(args: argparse.Namespace, out: TextIO) -> int:
