@@ -85,5 +85,12 @@ class Arm:
 
 
 @attrs.frozen
+class Disarm:
+    """Timer: this run ended; forget its timer."""
+
+    run_id: str
+
+
+@attrs.frozen
 class Tick:
     """Timer: start every run that is due now."""

@@ -15,7 +15,7 @@ from typing import Any
 import pykka
 from steplog.actors.activity import Activity
 from steplog.actors.base import Actor
-from steplog.actors.messages import Arm, RunCrashed, RunEnded, StartRun
+from steplog.actors.messages import Arm, Disarm, RunCrashed, RunEnded, StartRun
 from steplog.actors.run import ExecuteRun, WorkerPool
 from steplog.engine import Engine
 from steplog.engine.invocation import Outcome
@@ -53,6 +53,7 @@ class FunctionSupervisor(Actor):
         self._queued: set[str] = set()
         self._restarts: dict[str, int] = {}
         self._rewake: set[str] = set()
+        self._armed: set[str] = set()
         """Runs woken (a wait ended, a cancel) while they were executing: run them again when they suspend."""
 
     def on_receive(self, message: Any) -> Any:
@@ -103,6 +104,10 @@ class FunctionSupervisor(Actor):
                 self._waiting.append(StartRun(run_id))
                 self._queued.add(run_id)
             self._timer.tell(Arm(outcome.wake_at, run_id, self._function_id))
+            self._armed.add(run_id)
+        elif run_id in self._armed:  # it ended: a timer left for it (a wait's timeout) must not wake it
+            self._armed.discard(run_id)
+            self._timer.tell(Disarm(run_id))
         self._activity.end()
         self._start_waiting()
 

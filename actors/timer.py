@@ -1,4 +1,7 @@
-"""The timer actor: holds the runs that wait for a time (retry backoff) and starts them when due.
+"""The timer actor: holds the runs that wait for a time (retry backoff, a sleep, a wait's timeout)
+and starts them when due. A run's latest ``Arm`` replaces its earlier one (the run computes its
+next wake from everything it waits for), and ``Disarm`` forgets a run that ended, so a wait
+resolved by an event does not wake its run again at the wait's old timeout.
 
 With a real clock a small ticker thread sleeps until the next due time and then sends ``Tick``.
 With a manual clock the runtime asks for a ``Tick`` after every advance, so a test that moves
@@ -16,7 +19,7 @@ from typing import Any
 import pykka
 from steplog.actors.activity import Activity
 from steplog.actors.base import Actor
-from steplog.actors.messages import Arm, StartRun, Tick
+from steplog.actors.messages import Arm, Disarm, StartRun, Tick
 from steplog.engine.clock import Clock
 
 
@@ -29,6 +32,7 @@ class TimerActor(Actor):
         self._activity = activity
         self._supervisors = supervisors
         self._heap: list[tuple[datetime, str, str]] = []
+        self._latest: dict[str, datetime] = {}
         self._ticker: Ticker | None = None
 
     def attach_ticker(self, ticker: Ticker) -> None:
@@ -36,8 +40,11 @@ class TimerActor(Actor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Arm):
+            self._latest[message.run_id] = message.due
             heapq.heappush(self._heap, (message.due, message.run_id, message.function_id))
             self._fire_due()
+        elif isinstance(message, Disarm):
+            self._latest.pop(message.run_id, None)
         elif isinstance(message, Tick):
             self._fire_due()
         return None
@@ -45,15 +52,20 @@ class TimerActor(Actor):
     def _fire_due(self) -> None:
         now = self._clock.now()
         while self._heap and self._heap[0][0] <= now:
-            _, run_id, function_id = heapq.heappop(self._heap)
+            due, run_id, function_id = heapq.heappop(self._heap)
+            if self._latest.get(run_id) != due:
+                continue  # replaced by a later Arm, or the run ended
+            del self._latest[run_id]
             supervisor = self._supervisors.get(function_id)
             if supervisor is not None:
                 self._activity.begin()
                 supervisor.tell(StartRun(run_id))
         if self._ticker is not None:
-            self._ticker.wake_at(self._heap[0][0] if self._heap else None)
+            self._ticker.wake_at(self.next_due())
 
     def next_due(self) -> datetime | None:
+        while self._heap and self._latest.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)  # stale
         return self._heap[0][0] if self._heap else None
 
 
