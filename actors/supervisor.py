@@ -18,8 +18,8 @@ from steplog.actors.base import Actor
 from steplog.actors.messages import Arm, Disarm, RunCrashed, RunEnded, StartRun
 from steplog.actors.run import ExecuteRun, WorkerPool
 from steplog.engine import Engine
-from steplog.engine.invocation import Outcome
 from steplog.engine.coordination import StaleRunError
+from steplog.engine.invocation import Outcome
 from steplog.engine.state import RunState
 from steplog.eventstore import StorageError
 

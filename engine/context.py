@@ -28,8 +28,8 @@ from steplog.engine.errors import StepError
 from steplog.engine.events import Event
 from steplog.engine.ids import StepKeys
 from steplog.engine.invocation import BRANCH, RUN_KIND, SEND_KIND, SLEEP_KIND, Branch, Invocation
-from steplog.engine.parallel import AsyncGroup, Group
 from steplog.engine.options import pause_expression, pause_timeout
+from steplog.engine.parallel import AsyncGroup, Group
 from steplog.engine.pauses import INVOKE_KIND, WAIT_KIND
 from steplog.engine.system_events import FINISHED, invoked_event
 
@@ -159,9 +159,9 @@ class _StepCore:
             send=(event,) if event is not None else (), trigger=correlation,
         )
         if finished is None:
-            error = {"name": "InngestInvokeTimeoutError",
-                     "message": "Timed out waiting for invoked function to complete", "stack": None}
-            invocation.fail_step(key, step_id, INVOKE_KIND, error, started)
+            timed_out = {"name": "InngestInvokeTimeoutError",
+                         "message": "Timed out waiting for invoked function to complete", "stack": None}
+            invocation.fail_step(key, step_id, INVOKE_KIND, timed_out, started)
         outcome = finished.get("data", {})
         if outcome.get("error") is not None:
             invocation.fail_step(key, step_id, INVOKE_KIND, _child_error(outcome["error"]), started)

@@ -209,7 +209,9 @@ class Coordinator:
 
     def _plan_send(self, events: Any, internal: bool, batch: _Batch, now: datetime) -> _Planned:
         received = prepare_events(events, now=now, limits=self.limits, allow_reserved=internal)
-        routed, wakes, added = [], [], []
+        routed: list[Routed] = []
+        wakes: list[tuple[str, str]] = []
+        added: list[Pause] = []
         for item in received:
             duplicate = self._seen(item, batch, now)
             one = route(item, self.registry.all(), now, duplicate=duplicate)

@@ -211,9 +211,11 @@ class Invocation:
         if timeouts is None:
             return None
         now = self.clock.now()
-        if timeouts.start is not None and not self.state.started and self.state.scheduled_at is not None:
-            if now > parse_time(self.state.scheduled_at) + timeouts.start:
-                return f"timeouts.start: the run did not start within {timeouts.start}"
+        scheduled = self.state.scheduled_at
+        if timeouts.start is not None and not self.state.started and scheduled is not None and (
+            now > parse_time(scheduled) + timeouts.start
+        ):
+            return f"timeouts.start: the run did not start within {timeouts.start}"
         deadline = self._finish_deadline()
         if deadline is not None and now >= deadline:
             return f"timeouts.finish: the run did not finish within {timeouts.finish} of its start"

@@ -27,6 +27,8 @@ CANCEL_KIND = "cancel"
 PAUSE_NAMES = ("event", "async")
 
 Path = tuple[str, ...]
+Shape = tuple[tuple[Path, ...], tuple[Any, ...]]
+"""An index slot: the candidate's paths that must hold known values, and those values."""
 _MISSING = object()
 
 
@@ -72,7 +74,11 @@ class Pause:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Pause:
-        return cls(**{field.name: data.get(field.name) for field in attrs.fields(cls)})
+        return cls(
+            run_id=data["run_id"], function_id=data["function_id"], step=data["step"], kind=data["kind"],
+            event=data["event"], expression=data.get("expression"), trigger=data.get("trigger"),
+            expires_at=data["expires_at"],
+        )
 
 
 def make_pause(
@@ -92,8 +98,7 @@ def match_expression(match: str) -> str:
         raise ValueError(f"match must be a field path like 'data.user_id', got {match!r}")
     path = match.strip()
     for prefix in ("event.", "async."):
-        if path.startswith(prefix):
-            path = path[len(prefix):]
+        path = path.removeprefix(prefix)
     if not all(part.isidentifier() for part in path.split(".")):
         raise ValueError(f"match must be a field path like 'data.user_id', got {match!r}")
     return f"event.{path} == async.{path}"
@@ -106,7 +111,7 @@ class PauseIndex:
         self._pauses: dict[tuple[str, str], Pause] = {}
         self._by_run: dict[str, set[str]] = {}
         self._names: dict[str, _NameIndex] = {}
-        self._slots: dict[tuple[str, str], tuple[Path, tuple[Any, ...]] | None] = {}
+        self._slots: dict[tuple[str, str], Shape | None] = {}
 
     def __len__(self) -> int:
         return len(self._pauses)
@@ -174,20 +179,20 @@ class _NameIndex:
     """The pauses for one event name: by shape (the indexed paths) and values, plus those to scan."""
 
     def __init__(self) -> None:
-        self.shapes: dict[Path, dict[tuple[Any, ...], dict[tuple[str, str], None]]] = {}
+        self.shapes: dict[tuple[Path, ...], dict[tuple[Any, ...], dict[tuple[str, str], None]]] = {}
         self.scan: dict[tuple[str, str], None] = {}
 
     def __bool__(self) -> bool:
         return bool(self.scan) or bool(self.shapes)
 
-    def add(self, key: tuple[str, str], shape: tuple[Path, tuple[Any, ...]] | None) -> None:
+    def add(self, key: tuple[str, str], shape: Shape | None) -> None:
         if shape is None:
             self.scan[key] = None
             return
         paths, values = shape
         self.shapes.setdefault(paths, {}).setdefault(values, {})[key] = None
 
-    def remove(self, key: tuple[str, str], shape: tuple[Path, tuple[Any, ...]] | None) -> None:
+    def remove(self, key: tuple[str, str], shape: Shape | None) -> None:
         if shape is None:
             self.scan.pop(key, None)
             return
@@ -209,7 +214,7 @@ class _NameIndex:
         return found
 
 
-def _shape(pause: Pause) -> tuple[Path, tuple[Any, ...]] | None:
+def _shape(pause: Pause) -> Shape | None:
     """The index slot of a pause: the candidate's paths that must hold known values, and those values."""
     expression = pause.compiled()
     if expression is None:

@@ -62,8 +62,8 @@ def route(
     event = received.event.to_dict()
     stream = r.event_stream(received.internal_id)
     if duplicate:
-        record = NewEntry(r.EVENT_DUPLICATE, {"internal_id": received.internal_id, "event": event})
-        return Routed(received, Append((StreamWrite(stream, (record,), expected_version=0),)), ())
+        duplicate_entry = NewEntry(r.EVENT_DUPLICATE, {"internal_id": received.internal_id, "event": event})
+        return Routed(received, Append((StreamWrite(stream, (duplicate_entry,), expected_version=0),)), ())
     matched, errors = _match(event, functions)
     runs = tuple(_schedule(fn, received, event, now) for fn in matched)
     record = {"internal_id": received.internal_id, "event": event, "trigger_errors": errors}

@@ -26,10 +26,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from steplog.engine import Engine, RunNotFoundError, RunProjector, queries
-from steplog.eventstore import Difference, EventStoreError, SqliteEventStore, parse_time
 from steplog.actors.dblock import DatabaseLock
 from steplog.actors.errors import DatabaseInUseError
+from steplog.engine import Engine, RunNotFoundError, RunProjector, queries
+from steplog.eventstore import Difference, EventStoreError, SqliteEventStore, parse_time
 from steplog.eventstore.sqlite import BUSY_TIMEOUT_MS
 
 DEFAULT_DB = "steplog.db"
@@ -373,7 +373,8 @@ def _cancel_runs(store: SqliteEventStore, args: argparse.Namespace) -> tuple[lis
             )
         except ValueError as error:
             raise CliError(str(error), code=2) from None
-    cancelled, ended = [], []
+    cancelled: list[str] = []
+    ended: list[str] = []
     for run_id in run_ids:
         (cancelled if engine.cancel(run_id, args.reason) else ended).append(run_id)
     return cancelled, ended
