@@ -30,6 +30,10 @@ class RunHandle:
     def status(self) -> str:
         return str(self.info()["status"])
 
+    def cancel(self, reason: str = "cancelled by request") -> bool:
+        """Cancel the run (see ``Steplog.cancel``); False if it had already ended."""
+        return self.client.cancel(self.run_id, reason=reason)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the run has ended; False if ``timeout`` seconds passed first."""
         return self.client._wait_until(self._ended, timeout)
@@ -38,7 +42,8 @@ class RunHandle:
         return self.client._outcome(self.run_id) is not None or self.status in FINISHED
 
     def result(self, timeout: float | None = None) -> Any:
-        """The run's output once it completes; RunFailedError if it failed, TimeoutError if it is still going."""
+        """The run's output once it completes; RunFailedError if it failed or was cancelled (see its
+        ``status``), TimeoutError if it is still going."""
         if not self.wait(timeout):
             raise TimeoutError(f"run {self.run_id} has not ended after {timeout} s (status {self.status})")
         outcome = self.client._outcome(self.run_id)

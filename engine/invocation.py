@@ -382,7 +382,8 @@ class Invocation:
         stamped = [{**event, "id": event.get("id") or f"{self.state.run_id}:{key}:{index}"}
                    for index, event in enumerate(events)]
         try:
-            answer = self.coordinate(SendEvents(stamped))
+            with self._lock:  # parallel branches reach the coordinator one at a time
+                answer = self.coordinate(SendEvents(stamped))
         except Exception as error:
             raise self._interrupted(_HostFailure(error)) from error
         if isinstance(answer, (ValueError, TypeError)):  # a bad event: no retry can fix it
@@ -416,7 +417,8 @@ class Invocation:
     def _expire(self, key: str) -> Any:
         assert self.coordinate is not None
         try:
-            answer = self.coordinate(ExpireWait(self.state.run_id, key))
+            with self._lock:
+                answer = self.coordinate(ExpireWait(self.state.run_id, key))
         except Exception as error:
             raise self._interrupted(_HostFailure(error)) from error
         if not isinstance(answer, Done):
