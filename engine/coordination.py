@@ -161,9 +161,9 @@ class Coordinator:
         """
         if self.pauses.listens_for(name):
             return True
-        functions = self.registry.all()
         cached = self._triggered.get(name)
-        if cached is None or cached[0] != len(functions):
+        if cached is None or cached[0] != len(self.registry):
+            functions = self.registry.all()
             cached = (len(functions), any(t.matches_name(name) for fn in functions for t in fn.triggers))
             self._triggered[name] = cached
         return cached[1]
@@ -217,8 +217,9 @@ class Coordinator:
             one = route(item, self.registry.all(), now, duplicate=duplicate)
             if not duplicate:
                 signals, woken = self._resolve(one, batch, now)
-                one = attrs.evolve(one, append=attrs.evolve(one.append, writes=one.append.writes + signals))
-                wakes.extend(woken)
+                if signals:  # in the event's own append: the event and what it resumed, or neither
+                    one = attrs.evolve(one, append=attrs.evolve(one.append, writes=one.append.writes + signals))
+                    wakes.extend(woken)
                 for run in one.runs:
                     self.pauses.add_all(run.pauses)
                     added.extend(run.pauses)
@@ -244,8 +245,11 @@ class Coordinator:
 
     def _resolve(self, routed: Routed, batch: _Batch, now: datetime) -> tuple[tuple[StreamWrite, ...], list[Any]]:
         """What the event does to the pauses it matches: signals to write, runs to wake."""
+        writes: list[StreamWrite] = []
+        wakes: list[tuple[str, str]] = []
+        if not self.pauses.listens_for(routed.received.event.name):
+            return (), wakes
         event = routed.received.event.to_dict()
-        writes, wakes = [], []
         for pause in self.pauses.match(event, now):
             if pause.kind == CANCEL_KIND:
                 reason = f"cancelled by event {event['name']!r} ({event['id']})"

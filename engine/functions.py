@@ -134,6 +134,9 @@ class FunctionRegistry:
         if failure is not None:
             self._functions[failure.id] = failure
 
+    def __len__(self) -> int:
+        return len(self._functions)
+
     def get(self, fn_id: str) -> FunctionDef | None:
         return self._functions.get(fn_id)
 

@@ -511,12 +511,15 @@ class Invocation:
     def _run(self, context: Any) -> Outcome:
         if self.state.finished:
             return Outcome(self.state.status, self.state.output, self.state.error)
+        try:
+            self.check_cancel()
+        except _Cancel as cancel:
+            return self._conclude(cancel)
         if not self.state.started and self.state.ready_at is not None:
             ready_at = parse_time(self.state.ready_at)
             if ready_at > self.clock.now():  # an event's ts in the future: not before then
                 return Outcome("waiting", wake_at=ready_at)
         try:
-            self.check_cancel()
             output = self._call(context)
         except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here
             return self._conclude(self._interrupt or raised)
