@@ -67,7 +67,10 @@ def pause_expression(if_exp: str | None, match: str | None, where: str) -> str |
     """The CEL condition of a wait or cancel rule, from ``if_exp`` or ``match``; ValueError naming ``where``."""
     if if_exp is not None and match is not None:
         raise ValueError(f"{where}: give match or if_exp, not both")
-    source = match_expression(match) if match is not None else if_exp
+    try:
+        source = match_expression(match) if match is not None else if_exp
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     if source is None:
         return None
     try:
