@@ -253,40 +253,41 @@ class AsyncStep(_StepCore):
 
     async def sleep(self, step_id: str, duration: Duration) -> None:
         """Sleep durably for ``duration`` (timedelta, seconds, or text like "1h30m"); no thread is held."""
-        self._sleep(step_id, self._after(duration))
+        await self._in_task(lambda: self._sleep(step_id, self._after(duration)))
 
     async def sleep_until(self, step_id: str, when: datetime | str) -> None:
         """Sleep durably until ``when`` (an aware datetime or ISO 8601 text); a past time returns at once."""
-        self._sleep(step_id, lambda: wake_time(when))
+        await self._in_task(lambda: self._sleep(step_id, lambda: wake_time(when)))
 
     async def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]) -> list[str]:
         """Send events as a step; returns their ids. A replay returns the same ids and sends nothing."""
-        return self._send_event(step_id, events)
+        return await self._in_task(lambda: self._send_event(step_id, events))  # type: ignore[no-any-return]
+
+    async def _in_task(self, call: Callable[[], Any]) -> Any:
+        """Call a step tool; in a task of asyncio.gather, let the others' step bodies finish before
+        a suspension leaves the run."""
+        implicit = self._enter_task()
+        try:
+            return call()
+        except BaseException:
+            if implicit:
+                await self._invocation.settle()
+            raise
 
     async def wait_for_event(
         self, step_id: str, *, event: str, timeout: Duration, if_exp: str | None = None, match: str | None = None
     ) -> Event | None:
         """Wait for the first matching event committed after this wait (see Step.wait_for_event)."""
-        implicit = self._enter_task()
-        try:
-            return self._wait_for_event(step_id, event, timeout, if_exp, match)
-        except BaseException:
-            if implicit:
-                await self._invocation.settle()
-            raise
+        return await self._in_task(  # type: ignore[no-any-return]
+            lambda: self._wait_for_event(step_id, event, timeout, if_exp, match)
+        )
 
     async def invoke(
         self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
         timeout: Duration | None = None, user: dict[str, Any] | None = None,
     ) -> Any:
         """Start a run of ``function`` and return its result (see Step.invoke)."""
-        implicit = self._enter_task()
-        try:
-            return self._invoke(step_id, function, data, timeout, user)
-        except BaseException:
-            if implicit:
-                await self._invocation.settle()
-            raise
+        return await self._in_task(lambda: self._invoke(step_id, function, data, timeout, user))
 
     async def run(self, step_id: str, handler: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``handler(*args, **kwargs)`` once as a retriable step; return its committed result."""
