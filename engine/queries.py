@@ -31,7 +31,9 @@ class StepAttempt:
     error: dict[str, Any] | None = None
     retry_at: str | None = None
     wake_at: str | None = None
-    """For a sleep that has begun: when it ends."""
+    """For a sleep that has begun: when it ends; for a wait: when it times out."""
+    waiting_for: str | None = None
+    """For a wait (or an invoke) that has begun: the event name it waits for."""
 
 
 @attrs.frozen
@@ -231,4 +233,5 @@ def _attempt(entry: Entry) -> StepAttempt | None:
         started_at=data["started_at"], ended_at=data.get("ended_at"), output=data.get("output"),
         error=data.get("error"), retry_at=data.get("retry_at"),
         wake_at=data.get("wake_at") or data.get("pause", {}).get("expires_at"),
+        waiting_for=data.get("pause", {}).get("event"),
     )

@@ -535,13 +535,12 @@ def _attempt_rows(history: queries.RunHistory) -> list[list[str]]:
     steps = iter(history.steps)
     rows: list[list[str]] = []
     for entry in history.entries:
-        if entry.type in ("step.completed", "step.errored", "step.failed", "step.sleeping"):
+        if entry.type in ("step.completed", "step.errored", "step.failed", "step.sleeping", "step.waiting"):
             step = next(steps)
             rows.append([
                 step.step, str(step.attempt + 1), step.status, _when(step.started_at),
                 _when(step.ended_at, time_only=True), duration_text(step.started_at, step.ended_at),
-                _outcome_text(step.output, step.error, step.retry_at, step.ended_at)
-                if step.wake_at is None else f"sleeping until {_when(step.wake_at)}",
+                _step_text(step),
             ])
         elif entry.type == "run.errored":
             data = entry.data
@@ -549,7 +548,34 @@ def _attempt_rows(history: queries.RunHistory) -> list[list[str]]:
                 "(function)", str(int(data.get("attempt", 0)) + 1), "errored", "", _when(entry.recorded_at, True), "",
                 _outcome_text(None, data.get("error"), data.get("retry_at"), entry.recorded_at),
             ])
+        elif entry.type in SIGNAL_TEXT:
+            rows.append([entry.data.get("step", "(run)"), "", "signal", _when(entry.recorded_at), "", "",
+                         short(SIGNAL_TEXT[entry.type](entry.data), CELL_WIDTH)])
     return rows
+
+
+def _matched_text(data: dict[str, Any]) -> str:
+    event = data["event"]
+    if event.get("name") == "inngest/function.finished":  # an invoke's result
+        finished = event.get("data", {})
+        status = finished.get("_inngest", {}).get("status", "ended")
+        return f"invoked run {finished.get('run_id')} of {finished.get('function_id')} {status}"
+    return f"matched {event.get('name')} {event.get('id')}"
+
+
+SIGNAL_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
+    "wait.resolved": _matched_text,
+    "wait.expired": lambda data: "timed out",
+    "cancel.requested": lambda data: f"cancel requested: {data.get('reason')}",
+}
+
+
+def _step_text(step: queries.StepAttempt) -> str:
+    if step.status == "waiting":
+        return f"waiting for {step.waiting_for} until {_when(step.wake_at)}"
+    if step.status == "sleeping":
+        return f"sleeping until {_when(step.wake_at)}"
+    return _outcome_text(step.output, step.error, step.retry_at, step.ended_at)
 
 
 def _outcome_text(output: Any, error: dict[str, Any] | None, retry_at: str | None, ended_at: str | None) -> str:
