@@ -28,7 +28,7 @@ from steplog.engine import records as r
 from steplog.engine.errors import EngineError, RunNotFoundError
 from steplog.engine.events import Event, ReceivedEvent, prepare_events
 from steplog.engine.functions import FunctionRegistry
-from steplog.engine.limits import Limits
+from steplog.engine.limits import Limits, for_engine_events
 from steplog.engine.pauses import CANCEL_KIND, Pause, PauseIndex
 from steplog.engine.routing import DEDUP_WINDOW, Routed, ScheduledRun, dedup_key, route
 from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite
@@ -208,7 +208,8 @@ class Coordinator:
             return error
 
     def _plan_send(self, events: Any, internal: bool, batch: _Batch, now: datetime) -> _Planned:
-        received = prepare_events(events, now=now, limits=self.limits, allow_reserved=internal)
+        limits = for_engine_events(self.limits) if internal else self.limits
+        received = prepare_events(events, now=now, limits=limits, allow_reserved=internal)
         routed: list[Routed] = []
         wakes: list[tuple[str, str]] = []
         added: list[Pause] = []
@@ -251,6 +252,9 @@ class Coordinator:
             return (), wakes
         event = routed.received.event.to_dict()
         for pause in self.pauses.match(event, now):
+            if pause.kind == CANCEL_KIND and pause.run_id in self.cancelling:
+                self.pauses.remove(pause.run_id, pause.step)  # already asked to cancel (by another rule)
+                continue
             if pause.kind == CANCEL_KIND:
                 reason = f"cancelled by event {event['name']!r} ({event['id']})"
                 for listener in self.pauses.of_run(pause.run_id):

@@ -300,6 +300,12 @@ def equality_paths(expr: Expression) -> tuple[EqualityCondition, ...]:
     return tuple(condition for condition in found if condition is not None)
 
 
+def only_equalities(expr: Expression) -> bool:
+    """Whether the expression is nothing but a conjunction of ``equality_paths`` conditions, so that
+    knowing those equalities hold is knowing the expression is true."""
+    return all(_equality(conjunct, expr.names) is not None for conjunct in _conjuncts(expr._tree))
+
+
 @functools.lru_cache(maxsize=1024)
 def _compile(source: str, names: frozenset[str], result: ResultKind, max_length: int, max_cost: int) -> Expression:
     if not source.strip():

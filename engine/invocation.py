@@ -139,6 +139,8 @@ class Invocation:
         self._in_flight = 0
         self._settled: asyncio.Event | None = None
         self._pending_start = not state.started
+        self._began = clock.now()
+        """When this invocation began: the run's start (or resume) time, whenever it is first recorded."""
         self._pending_resume = state.started and state.status == "waiting"
         self.memo_hits = 0
         self.live = False
@@ -225,7 +227,7 @@ class Invocation:
         timeouts = self.function.timeouts
         if timeouts is None or timeouts.finish is None:
             return None
-        started = parse_time(self.state.started_at) if self.state.started_at else self.clock.now()
+        started = parse_time(self.state.started_at) if self.state.started_at else self._began
         return started + timeouts.finish
 
     def next_wake(self, *candidates: datetime) -> datetime:
@@ -256,9 +258,9 @@ class Invocation:
     def _prefixed(self, entries: Sequence[NewEntry]) -> list[NewEntry]:
         batch = list(entries)
         if self._pending_start:
-            batch.insert(0, NewEntry(r.RUN_STARTED, {"at": format_time(self.clock.now())}))
+            batch.insert(0, NewEntry(r.RUN_STARTED, {"at": format_time(self._began)}))
         elif self._pending_resume:
-            batch.insert(0, NewEntry(r.RUN_RESUMED, {"at": format_time(self.clock.now())}))
+            batch.insert(0, NewEntry(r.RUN_RESUMED, {"at": format_time(self._began)}))
         return batch
 
     def _applied(self, batch: Sequence[NewEntry]) -> None:

@@ -23,3 +23,10 @@ class Limits:
     step_output_bytes: int = attrs.field(default=4 * MIB, validator=_positive)
     """Largest step result or function output, as compact JSON."""
     steps_per_run: int = attrs.field(default=1000, validator=_positive)
+
+
+def for_engine_events(limits: Limits) -> Limits:
+    """The limits for events the engine sends itself (a run's end carries its output and trigger):
+    room for both, however large the user's limits allow them to be."""
+    room = 2 * limits.step_output_bytes + 4 * limits.event_bytes
+    return attrs.evolve(limits, event_bytes=max(limits.event_bytes, room))

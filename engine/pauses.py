@@ -4,7 +4,9 @@ A pause holds a CEL expression over ``event`` (the run's trigger) and ``async`` 
 When it is registered, the parts of the trigger the expression reads are kept with it, and each
 ``async.x == event.y`` or ``async.x == literal`` conjunct becomes an index key: an incoming event
 is looked up by its values at those paths and compared only with the pauses filed under them.
-Pauses with no such conjunct are compared one by one, for their event name only.
+Pauses with no such conjunct are compared one by one, for their event name only. A pause whose
+condition is nothing but such conjuncts (every ``match=``) is decided by the index lookup alone,
+without running CEL.
 
 The index belongs to the coordinator (one thread at a time); it is rebuilt from the ``waits``
 projection at start.
@@ -18,7 +20,13 @@ from datetime import datetime
 from typing import Any
 
 import attrs
-from steplog.engine.expressions import Expression, ExpressionError, compile_expression, equality_paths
+from steplog.engine.expressions import (
+    Expression,
+    ExpressionError,
+    compile_expression,
+    equality_paths,
+    only_equalities,
+)
 from steplog.eventstore import parse_time
 
 WAIT_KIND = "wait"
@@ -112,6 +120,8 @@ class PauseIndex:
         self._by_run: dict[str, set[str]] = {}
         self._names: dict[str, _NameIndex] = {}
         self._slots: dict[tuple[str, str], Shape | None] = {}
+        self._exact: set[tuple[str, str]] = set()
+        """Pauses that the index lookup decides alone."""
 
     def __len__(self) -> int:
         return len(self._pauses)
@@ -129,7 +139,9 @@ class PauseIndex:
 
     def add(self, pause: Pause) -> None:
         self.remove(pause.run_id, pause.step)
-        shape = _shape(pause)
+        shape, exact = _shape(pause)
+        if exact:
+            self._exact.add(pause.key)
         self._pauses[pause.key] = pause
         self._by_run.setdefault(pause.run_id, set()).add(pause.step)
         self._slots[pause.key] = shape
@@ -149,6 +161,7 @@ class PauseIndex:
             if not steps:
                 del self._by_run[run_id]
         shape = self._slots.pop(pause.key)
+        self._exact.discard(pause.key)
         index = self._names[pause.event]
         index.remove(pause.key, shape)
         if not index:
@@ -170,7 +183,7 @@ class PauseIndex:
         found = []
         for key in index.candidates(event):
             pause = self._pauses[key]
-            if not pause.expired(now) and pause.matches(event):
+            if not pause.expired(now) and (key in self._exact or pause.matches(event)):
                 found.append(pause)
         return found
 
@@ -214,20 +227,24 @@ class _NameIndex:
         return found
 
 
-def _shape(pause: Pause) -> Shape | None:
-    """The index slot of a pause: the candidate's paths that must hold known values, and those values."""
+def _shape(pause: Pause) -> tuple[Shape | None, bool]:
+    """The index slot of a pause (the candidate's paths that must hold known values, and those
+    values), and whether the slot alone decides a match."""
     expression = pause.compiled()
     if expression is None:
-        return None
+        return None, False
     required: dict[Path, Any] = {}
-    for condition in equality_paths(expression):
+    conditions = equality_paths(expression)
+    indexed = 0
+    for condition in conditions:
         found = _required_value(condition.left, condition.right, condition.value, pause.trigger)
-        if found is not None:
-            required.setdefault(found[0], found[1])
+        if found is not None and required.setdefault(found[0], found[1]) == found[1]:
+            indexed += 1
     if not required:
-        return None
+        return None, False
     paths = tuple(sorted(required))
-    return paths, tuple(required[path] for path in paths)
+    exact = indexed == len(conditions) and only_equalities(expression)
+    return (paths, tuple(required[path] for path in paths)), exact
 
 
 def _required_value(left: Path, right: Path | None, literal: Any, trigger: Any) -> tuple[Path, Any] | None:

@@ -81,6 +81,7 @@ class Engine:
         """How invocations reach the coordinator: directly (here), or through the runtime's router."""
         self._ready: deque[str] = deque()
         self._timers: list[tuple[datetime, str]] = []
+        self._due: dict[str, datetime] = {}
 
     def _commit_directly(self, appends: Sequence[Append]) -> list[Committed | ConcurrencyError]:
         return self.store.commit(appends, now=self.clock.now())
@@ -200,7 +201,7 @@ class Engine:
         recovery = self.recover()
         self._ready.extend(run_id for run_id, _ in recovery.ready)
         for due, run_id, _ in recovery.timers:
-            heapq.heappush(self._timers, (due, run_id))
+            self._arm(run_id, due)
 
     def run_until_idle(self) -> int:
         """Invoke every run that can run now, firing due timers; return how many invocations ran."""
@@ -212,8 +213,7 @@ class Engine:
             run_id = self._ready.popleft()
             outcome = self.invoke(run_id)
             count += 1
-            if outcome.wake_at is not None:
-                heapq.heappush(self._timers, (outcome.wake_at, run_id))
+            self._arm(run_id, outcome.wake_at)
 
     def advance(self, delta: timedelta | float) -> int:
         """Move a manual clock forward and run what became due."""
@@ -224,12 +224,24 @@ class Engine:
 
     def next_timer(self) -> datetime | None:
         """When the next timer is due, if any."""
+        while self._timers and self._due.get(self._timers[0][1]) != self._timers[0][0]:
+            heapq.heappop(self._timers)  # replaced by a later one, or its run ended
         return self._timers[0][0] if self._timers else None
+
+    def _arm(self, run_id: str, due: datetime | None) -> None:
+        """A run's latest wake time replaces its earlier one; None (it ended) forgets it."""
+        if due is None:
+            self._due.pop(run_id, None)
+            return
+        self._due[run_id] = due
+        heapq.heappush(self._timers, (due, run_id))
 
     def _fire_due_timers(self) -> None:
         now = self.clock.now()
         while self._timers and self._timers[0][0] <= now:
-            _, run_id = heapq.heappop(self._timers)
-            self._ready.append(run_id)
+            due, run_id = heapq.heappop(self._timers)
+            if self._due.get(run_id) == due:
+                del self._due[run_id]
+                self._ready.append(run_id)
 
 
