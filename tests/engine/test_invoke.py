@@ -17,7 +17,6 @@ import pytest
 from steplog.engine import (
     Context,
     Engine,
-    EventError,
     FunctionDef,
     FunctionRegistry,
     ManualClock,
