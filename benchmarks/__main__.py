@@ -65,7 +65,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--quick",
         action="store_true",
         help=f"smoke sizes: W1 {wl.QUICK.w1_runs} runs, "
-        f"W2 S={','.join(map(str, wl.QUICK.w2_steps))}, W3 {wl.QUICK.w3_runs} runs",
+        f"W2 S={','.join(map(str, wl.QUICK.w2_steps))}, W3 {wl.QUICK.w3_runs} runs, "
+        f"W4 {wl.QUICK.w4_manual_runs} (manual clock) and {wl.QUICK.w4_real_runs} (real clock) runs, "
+        f"W6 W={','.join(map(str, wl.QUICK.w6_waits))}",
     )
     parser.add_argument(
         "--json", dest="json_path", type=Path, help="write one JSON object per line"
@@ -130,8 +132,11 @@ def note(text: str) -> None:
 # --------------------------------------------------------------------------- child processes
 
 
-def child_command(system: str, workload: str, size: int) -> list[str]:
-    return [sys.executable, "-m", f"benchmarks.run_{system}", workload, "--n", str(size)]
+def child_command(system: str, workload: str, point: wl.Point) -> list[str]:
+    command = [sys.executable, "-m", f"benchmarks.run_{system}", workload, "--n", str(point.size)]
+    if point.clock is not None:
+        command += ["--clock", point.clock]
+    return command
 
 
 def child_env() -> dict[str, str]:
@@ -141,14 +146,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(system: str, workload: str, size: int) -> list[Record]:
+def run_child(system: str, workload: str, point: wl.Point) -> list[Record]:
     """Run one workload point in a fresh process; its records, or [] and a note on failure."""
-    label = f"{workload} {size_label(workload, size)} on {system}"
+    label = f"{workload} {point_label(workload, point)} on {system}"
     note(f"running {label} ...")
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
-            child_command(system, workload, size),
+            child_command(system, workload, point),
             cwd=REPO_ROOT,
             env=child_env(),
             capture_output=True,
@@ -192,26 +197,31 @@ def run_all(options: Options, systems: tuple[str, ...]) -> tuple[list[Record], i
     records: list[Record] = []
     failures = 0
     for workload in options.workloads:
-        for size in options.sizes.points(workload):
-            samples: dict[str, list[Record]] = {system: [] for system in systems}
+        for point in options.sizes.points(workload):
+            able = [s for s in systems if (s, workload, point.clock) not in wl.UNSUPPORTED]
+            samples: dict[str, list[Record]] = {system: [] for system in able}
             for _ in range(options.repeat):
-                for system in systems:  # interleaved, so that a noisy minute hits both systems
-                    got = run_child(system, workload, size)
+                for system in able:  # interleaved, so that a noisy minute hits both systems
+                    got = run_child(system, workload, point)
                     failures += not got
                     samples[system].extend(got)
             records.extend(median_record(got) for got in samples.values() if got)
     return records, failures
 
 
+#: JSON-only figures that are also reported as the median of the repeats.
+MEDIAN_EXTRAS = ("send_seconds", "park_seconds", "sleeping_rss_mb", "peak_rss_end_mb", "deadline_spread_s")
+
+
 def median_record(samples: list[Record]) -> Record:
     """One record whose figures are the medians of the samples; ``repeats`` says how many."""
     merged = dict(samples[0])
-    for key in (*wl.FIGURES, "send_seconds"):
+    for key in (*wl.FIGURES, *MEDIAN_EXTRAS):
         values = [s.get(key) for s in samples]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             merged[key] = round(statistics.median(values), 3)  # type: ignore[arg-type]
     merged["repeats"] = len(samples)
-    if "steps_per_s" in merged:
+    if all(isinstance(s.get("steps_per_s"), (int, float)) for s in samples):
         merged["steps_per_s_range"] = [min(s["steps_per_s"] for s in samples), max(s["steps_per_s"] for s in samples)]
     return merged
 
@@ -220,15 +230,32 @@ def median_record(samples: list[Record]) -> Record:
 
 
 def size_of(record: Record) -> int:
-    return int(record["steps"] if record["workload"] == wl.W2 else record["runs"])
+    if record["workload"] == wl.W2:
+        return int(record["steps"])
+    if record["workload"] == wl.W6:
+        return int(record["waits"])
+    return int(record["runs"])
 
 
-def size_label(workload: str, size: int) -> str:
-    return f"S={size}" if workload == wl.W2 else f"n={size}"
+def point_of(record: Record) -> wl.Point:
+    return wl.Point(size_of(record), record.get("clock"))
 
 
-def index(records: list[Record]) -> dict[tuple[str, int, str], Record]:
-    return {(r["workload"], size_of(r), r["system"]): r for r in records}
+def point_label(workload: str, point: wl.Point) -> str:
+    if workload == wl.W2:
+        return f"S={point.size}"
+    if workload == wl.W6:
+        return f"W={point.size}"
+    if point.clock is not None:
+        return f"{point.clock} n={point.size}"
+    return f"n={point.size}"
+
+
+Key = tuple[str, wl.Point, str]
+
+
+def index(records: list[Record]) -> dict[Key, Record]:
+    return {(r["workload"], point_of(r), r["system"]): r for r in records}
 
 
 def ratio(mine: Any, theirs: Any) -> float | None:
@@ -255,9 +282,9 @@ def table_rows(options: Options, records: list[Record]) -> list[tuple[str, ...]]
     by_key = index(records)
     rows: list[tuple[str, ...]] = []
     for workload in options.workloads:
-        for size in options.sizes.points(workload):
-            mine = by_key.get((workload, size, "steplog"), {})
-            theirs = by_key.get((workload, size, "dbos"), {})
+        for point in options.sizes.points(workload):
+            mine = by_key.get((workload, point, "steplog"), {})
+            theirs = by_key.get((workload, point, "dbos"), {})
             for figure in wl.FIGURES:
                 a, b = mine.get(figure), theirs.get(figure)
                 if a is None and b is None:
@@ -265,7 +292,7 @@ def table_rows(options: Options, records: list[Record]) -> list[tuple[str, ...]]
                 goal = "higher" if wl.HIGHER_IS_BETTER[figure] else "lower"
                 rows.append(
                     (
-                        f"{workload} {size_label(workload, size)}",
+                        f"{workload} {point_label(workload, point)}",
                         figure,
                         fmt(a),
                         fmt(b),
@@ -304,20 +331,20 @@ def render_table(rows: list[tuple[str, ...]]) -> str:
 
 def target_lines(records: list[Record]) -> list[str]:
     by_key = index(records)
-    return [_target_w1(records, by_key), _target_w2(records), _target_w3(records)]
+    return [_target_w1(records, by_key), _target_w2(records), _target_w3(records), *_target_w6(records)]
 
 
 def _verdict(ok: bool | None) -> str:
     return {True: "PASS", False: "FAIL", None: "n/a "}[ok]
 
 
-def _target_w1(records: list[Record], by_key: dict[tuple[str, int, str], Record]) -> str:
+def _target_w1(records: list[Record], by_key: dict[Key, Record]) -> str:
     sizes = sorted({size_of(r) for r in records if r["workload"] == wl.W1})
     value = None
     for size in sizes:
         value = ratio(
-            by_key.get((wl.W1, size, "steplog"), {}).get("steps_per_s"),
-            by_key.get((wl.W1, size, "dbos"), {}).get("steps_per_s"),
+            by_key.get((wl.W1, wl.Point(size), "steplog"), {}).get("steps_per_s"),
+            by_key.get((wl.W1, wl.Point(size), "dbos"), {}).get("steps_per_s"),
         )
     ok = None if value is None else value >= 20.0
     return f"{_verdict(ok)}  W1 steplog steps/s >= 20x DBOS: {fmt_ratio(value)}"
@@ -348,6 +375,37 @@ def _target_w3(records: list[Record]) -> str:
     return f"{_verdict(ok)}  W3 steplog p50 < 2 ms: {fmt(p50)} ms"
 
 
+W6_TARGET_WAITS = 10_000
+W6_TARGET_S = 10.0
+W6_LINEAR_SLACK = 1.3
+
+
+def _target_w6(records: list[Record]) -> list[str]:
+    mine = {
+        size_of(r): r["seconds"]
+        for r in records
+        if r["workload"] == wl.W6 and r["system"] == "steplog"
+    }
+    at_target = mine.get(W6_TARGET_WAITS)
+    ok = None if at_target is None else at_target < W6_TARGET_S
+    lines = [
+        f"{_verdict(ok)}  W6 steplog {W6_TARGET_WAITS:,} waits resumed in < {W6_TARGET_S:.0f} s: {fmt(at_target)} s"
+    ]
+    if len(mine) < 2:
+        lines.append(f"{_verdict(None)}  W6 steplog time per wait at largest W within 1.3x of smallest W (linear): n/a")
+        return lines
+    per_wait = {w: seconds / w for w, seconds in sorted(mine.items())}
+    small, large = min(per_wait), max(per_wait)
+    growth = ratio(per_wait[large], per_wait[small])
+    ok = None if growth is None else growth <= W6_LINEAR_SLACK
+    shown = ", ".join(f"{us * 1e6:.0f} at W={w}" for w, us in per_wait.items())
+    lines.append(
+        f"{_verdict(ok)}  W6 steplog time per wait at W={large} within {W6_LINEAR_SLACK}x of W={small} (linear): "
+        f"{shown} us = {fmt_ratio(growth)}"
+    )
+    return lines
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -363,10 +421,27 @@ def report(options: Options, records: list[Record], ran: tuple[str, ...]) -> Non
     print("ratio = steplog / dbos; 'better' says which direction is good for that figure")
     print()
     print(render_table(table_rows(options, records)))
+    notes = unsupported_notes(options, ran)
+    if notes:
+        print()
+        print("n/a by design:")
+        for text in notes:
+            print("  " + text)
     print()
     print("targets:")
     for text in target_lines(records):
         print("  " + text)
+
+
+def unsupported_notes(options: Options, ran: tuple[str, ...]) -> list[str]:
+    notes = []
+    for workload in options.workloads:
+        for point in options.sizes.points(workload):
+            for system in ran:
+                reason = wl.UNSUPPORTED.get((system, workload, point.clock))
+                if reason is not None:
+                    notes.append(f"{workload} {point_label(workload, point)} on {system}: {reason}")
+    return notes
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,12 +6,15 @@ DBOS is used with its defaults and a SQLite system database
 (``system_database_url="sqlite:///<fresh dir>/dbos.sqlite"``), as in
 ``shared/reference/peer-measurements.md``: rollback journal + ``synchronous=FULL``, unbounded
 executor threads, one thread per started workflow. ``DBOS.launch()`` is outside the timed region.
+W4 runs on the real clock only (DBOS has no manual clock); W6 uses ``DBOS.recv`` and ``DBOS.send_bulk``.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Any
 from benchmarks import workloads as wl
 
 try:
-    from dbos import DBOS
+    from dbos import DBOS, SendMessage, SetWorkflowID
 except ImportError:  # pragma: no cover - exercised only where dbos is missing
     print(
         "dbos is not installed: `pip install dbos` (the benchmarks were written against 3.4.0)",
@@ -29,6 +32,34 @@ except ImportError:  # pragma: no cover - exercised only where dbos is missing
     raise SystemExit(3) from None
 
 SYSTEM = "dbos"
+REPLY_TOPIC = "reply"
+W6_RECV_TIMEOUT_S = 3600.0
+#: After the last W6 workflow has reached ``DBOS.recv``, let its registration settle before timing.
+W6_SETTLE_S = 1.0
+
+#: W4: when each workflow reached its sleep and when its last step ran (``perf_counter``, by i).
+ASLEEP: dict[int, float] = {}
+FINISHED: dict[int, float] = {}
+
+
+class Counter:
+    """How many W6 workflows have reached ``DBOS.recv``; ``wait_for(n)`` blocks until n have."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._condition = threading.Condition()
+
+    def add(self) -> None:
+        with self._condition:
+            self._count += 1
+            self._condition.notify_all()
+
+    def wait_for(self, n: int, timeout: float) -> bool:
+        with self._condition:
+            return self._condition.wait_for(lambda: self._count >= n, timeout)
+
+
+RECEIVING = Counter()
 
 
 # --------------------------------------------------------------------------- steps and workflows
@@ -67,6 +98,29 @@ def w2(steps: int) -> int:
 @DBOS.workflow()
 def w3(i: int) -> int:
     return one()
+
+
+@DBOS.step()
+def after_nap(i: int) -> int:
+    FINISHED[i] = wl.now()
+    return 1
+
+
+@DBOS.workflow()
+def w4(i: int) -> int:
+    ASLEEP.setdefault(i, wl.now())
+    DBOS.sleep(wl.W4_REAL_SLEEP_S)
+    return after_nap(i)
+
+
+@DBOS.workflow()
+def w6(k: int) -> Any:
+    RECEIVING.add()
+    return DBOS.recv(REPLY_TOPIC, timeout_seconds=W6_RECV_TIMEOUT_S)
+
+
+def w6_id(k: int) -> str:
+    return f"w6-{k}"
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -138,7 +192,61 @@ def run_w3(db_dir: Path, n: int) -> dict[str, Any]:
     )
 
 
-RUNNERS = {wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3}
+def run_w4(db_dir: Path, n: int, clock: str) -> dict[str, Any]:
+    """Real clock only: ``n`` workflows sleep 2 s, then run one step; from the latest deadline to the last result."""
+    if clock != wl.CLOCK_REAL:
+        raise RuntimeError(wl.UNSUPPORTED[(SYSTEM, wl.W4, clock)])
+    ASLEEP.clear()
+    FINISHED.clear()
+    with launched(db_dir):
+        t0 = wl.now()
+        handles = [DBOS.start_workflow(w4, i) for i in range(n)]
+        park_seconds = wl.now() - t0  # start loop; the first deadlines have passed long before it ends
+        sleeping_now = wl.current_rss_mb()
+        results = [handle.get_result() for handle in handles]
+        t_end = wl.now()
+    if results != [1] * n or len(ASLEEP) != n or len(FINISHED) != n:
+        raise RuntimeError(f"W4 real: expected {n} results of 1, got {len(results)} ({len(FINISHED)} marked)")
+    deadlines = {i: t + wl.W4_REAL_SLEEP_S for i, t in ASLEEP.items()}
+    latest = max(deadlines.values())
+    return wl.sleep_record(
+        SYSTEM, runs=n, clock=wl.CLOCK_REAL, seconds=t_end - latest, rss_mb=wl.peak_rss_mb(),
+        sleeping_rss_mb=sleeping_now, park_seconds=park_seconds,
+        lateness_s=[FINISHED[i] - deadlines[i] for i in deadlines],
+        deadline_spread_s=latest - min(deadlines.values()),
+    )
+
+
+def run_w6(db_dir: Path, waits: int) -> dict[str, Any]:
+    """``waits`` workflows block in ``DBOS.recv``; then one message each, by ``send_bulk`` in batches."""
+    global RECEIVING
+    RECEIVING = Counter()
+    with launched(db_dir):
+        t0 = wl.now()
+        handles = []
+        for k in range(waits):
+            with SetWorkflowID(w6_id(k)):
+                handles.append(DBOS.start_workflow(w6, k))
+        if not RECEIVING.wait_for(waits, wl.RUN_TIMEOUT_S):
+            raise RuntimeError(f"W6: not all {waits} workflows reached DBOS.recv")
+        time.sleep(W6_SETTLE_S)
+        park_seconds = wl.now() - t0
+        t0 = wl.now()
+        for batch in wl.batches(range(waits)):
+            DBOS.send_bulk([SendMessage(w6_id(k), k, REPLY_TOPIC) for k in batch])
+        t_sent = wl.now()
+        results = [handle.get_result() for handle in handles]
+        seconds = wl.now() - t0
+    if results != list(range(waits)):
+        raise RuntimeError(f"W6: expected each workflow to receive its own message, got {len(results)} results")
+    return wl.fan_in_record(
+        SYSTEM, waits=waits, seconds=seconds, send_seconds=t_sent - t0, park_seconds=park_seconds
+    )
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3, wl.W4: run_w4, wl.W6: run_w6,
+}
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ Every use of steplog's API is in this module, in the "API" section below: fix it
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +32,16 @@ APP_ID = "bench"
 EVENT_W1 = "bench/w1"
 EVENT_W2 = "bench/w2"
 EVENT_W3 = "bench/w3"
+EVENT_W4 = "bench/w4"
+EVENT_W6 = "bench/w6"
+EVENT_REPLY = "app/reply"
 RESULT_TIMEOUT_S = wl.RUN_TIMEOUT_S
+
+#: W4 on the real clock: when each run first reached its sleep and when its last step ran
+#: (``perf_counter``, by run id). Left empty on the manual clock, so that it costs no memory there.
+ASLEEP: dict[str, float] = {}
+FINISHED: dict[str, float] = {}
+MARK_TIMES = False
 
 
 # --------------------------------------------------------------------------- API (steplog contract)
@@ -52,11 +61,18 @@ def _event_data(ctx: steplog.Context) -> dict[str, Any]:
     return dict(event.data)
 
 
-def make_client(db_dir: Path) -> steplog.Steplog:
-    """A client on a fresh SQLite file with the three benchmark functions registered."""
+def _after_nap(run_id: str) -> int:
+    if MARK_TIMES:
+        FINISHED[run_id] = wl.now()
+    return 1
+
+
+def make_client(db_dir: Path, clock: steplog.ManualClock | None = None) -> steplog.Steplog:
+    """A client on a fresh SQLite file with the benchmark functions registered."""
     client = steplog.Steplog(
         app_id=APP_ID,
         db=str(db_dir / "steplog.sqlite"),
+        clock=clock,
         max_steps_per_run=wl.MAX_STEPS_PER_RUN,
     )
 
@@ -77,12 +93,36 @@ def make_client(db_dir: Path) -> steplog.Steplog:
     def w3(ctx: steplog.Context) -> int:
         return int(ctx.step.run("s1", _one))
 
+    @client.create_function(fn_id="w4", trigger=steplog.TriggerEvent(event=EVENT_W4))
+    def w4(ctx: steplog.Context) -> int:
+        if MARK_TIMES:
+            ASLEEP.setdefault(ctx.run_id, wl.now())  # the function replays after its sleep
+        ctx.step.sleep("nap", int(_event_data(ctx)["sleep"]))
+        return int(ctx.step.run("after", _after_nap, ctx.run_id))
+
+    @client.create_function(fn_id="w6", trigger=steplog.TriggerEvent(event=EVENT_W6))
+    def w6(ctx: steplog.Context) -> Any:
+        reply = ctx.step.wait_for_event("w", event=EVENT_REPLY, match="data.k", timeout="1h")
+        return None if reply is None else reply.data["k"]
+
     return client
 
 
-def send(client: steplog.Steplog, name: str, datas: list[dict[str, Any]]) -> list[str]:
+def send(client: steplog.Steplog, name: str, datas: Sequence[dict[str, Any]]) -> list[str]:
     """Send events; returns their ids once the events are committed."""
     return list(client.send([steplog.Event(name=name, data=data) for data in datas]))
+
+
+def send_batched(client: steplog.Steplog, name: str, datas: Sequence[dict[str, Any]]) -> list[str]:
+    """Send events in sends of at most ``wl.SEND_BATCH`` (steplog's per-send limit)."""
+    ids: list[str] = []
+    for batch in wl.batches(datas):
+        ids.extend(send(client, name, batch))
+    return ids
+
+
+def runs_with_status(client: steplog.Steplog, function_id: str, status: str) -> list[dict[str, Any]]:
+    return list(client.list_runs(function_id=function_id, status=status, limit=None))
 
 
 def result_of(client: steplog.Steplog, event_id: str) -> Any:
@@ -108,9 +148,9 @@ def version() -> str:
 
 
 @contextmanager
-def running(db_dir: Path) -> Iterator[steplog.Steplog]:
+def running(db_dir: Path, clock: steplog.ManualClock | None = None) -> Iterator[steplog.Steplog]:
     """The client with its engine threads started; stopped on exit."""
-    client = make_client(db_dir)
+    client = make_client(db_dir, clock)
     with client:
         yield client
 
@@ -168,7 +208,98 @@ def run_w3(db_dir: Path, n: int) -> dict[str, Any]:
     )
 
 
-RUNNERS = {wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3}
+def run_w4(db_dir: Path, n: int, clock: str) -> dict[str, Any]:
+    """``n`` runs that sleep and then run one step; see run_w4_manual and run_w4_real."""
+    if clock == wl.CLOCK_MANUAL:
+        return run_w4_manual(db_dir, n)
+    return run_w4_real(db_dir, n)
+
+
+def run_w4_manual(db_dir: Path, n: int) -> dict[str, Any]:
+    """On a ManualClock: park ``n`` runs in a 60 s sleep, read RSS, advance 60 s, time the wake-up."""
+    with running(db_dir, steplog.ManualClock()) as client:
+        t0 = wl.now()
+        send_batched(client, EVENT_W4, [{"i": i, "sleep": wl.W4_MANUAL_SLEEP_S} for i in range(n)])
+        client.run_until_idle()  # every run has committed its sleep and left its worker
+        park_seconds = wl.now() - t0
+        sleeping_peak, sleeping_now = wl.peak_rss_mb(), wl.current_rss_mb()
+        asleep = len(runs_with_status(client, "w4", "waiting"))
+        if asleep != n:
+            raise RuntimeError(f"W4 manual: expected {n} sleeping runs, found {asleep}")
+        t0 = wl.now()
+        client.advance(wl.W4_MANUAL_SLEEP_S)  # fires every timer, then waits until idle
+        seconds = wl.now() - t0
+        done = completed_runs(client, "w4")
+    if done != n:
+        raise RuntimeError(f"W4 manual: expected {n} completed runs, found {done}")
+    record = wl.sleep_record(
+        SYSTEM, runs=n, clock=wl.CLOCK_MANUAL, seconds=seconds, rss_mb=sleeping_peak,
+        sleeping_rss_mb=sleeping_now, park_seconds=park_seconds,
+    )
+    record["peak_rss_end_mb"] = wl.peak_rss_mb()
+    return record
+
+
+def run_w4_real(db_dir: Path, n: int) -> dict[str, Any]:
+    """On the real clock: ``n`` runs sleep 2 s; time from the latest deadline to the last completion."""
+    global MARK_TIMES
+    MARK_TIMES = True
+    ASLEEP.clear()
+    FINISHED.clear()
+    with running(db_dir) as client:
+        t0 = wl.now()
+        event_ids = send_batched(client, EVENT_W4, [{"i": i, "sleep": wl.W4_REAL_SLEEP_S} for i in range(n)])
+        client.run_until_idle()
+        park_seconds = wl.now() - t0
+        sleeping_now = wl.current_rss_mb()
+        handles = [handle for event_id in event_ids for handle in client.runs_for_event(event_id)]
+        results = [handle.result(timeout=RESULT_TIMEOUT_S) for handle in handles]
+        t_end = wl.now()
+    if results != [1] * n or len(ASLEEP) != n or len(FINISHED) != n:
+        raise RuntimeError(f"W4 real: expected {n} results of 1, got {len(results)} ({len(FINISHED)} marked)")
+    return _real_sleep_record(SYSTEM, n, t_end, park_seconds, sleeping_now, ASLEEP, FINISHED)
+
+
+def _real_sleep_record(
+    system: str, n: int, t_end: float, park_seconds: float, sleeping_now: float | None,
+    asleep: dict[Any, float], finished: dict[Any, float],
+) -> dict[str, Any]:
+    deadlines = {key: t + wl.W4_REAL_SLEEP_S for key, t in asleep.items()}
+    latest = max(deadlines.values())
+    return wl.sleep_record(
+        system, runs=n, clock=wl.CLOCK_REAL, seconds=t_end - latest, rss_mb=wl.peak_rss_mb(),
+        sleeping_rss_mb=sleeping_now, park_seconds=park_seconds,
+        lateness_s=[finished[key] - deadlines[key] for key in deadlines],
+        deadline_spread_s=latest - min(deadlines.values()),
+    )
+
+
+def run_w6(db_dir: Path, waits: int) -> dict[str, Any]:
+    """``waits`` runs each wait for the reply with its key; time from the first reply to the last completion."""
+    with running(db_dir) as client:
+        t0 = wl.now()
+        send_batched(client, EVENT_W6, [{"k": k} for k in range(waits)])
+        client.run_until_idle()  # every run has registered its wait and left its worker
+        park_seconds = wl.now() - t0
+        waiting = len(runs_with_status(client, "w6", "waiting"))
+        if waiting != waits:
+            raise RuntimeError(f"W6: expected {waits} waiting runs, found {waiting}")
+        t0 = wl.now()
+        send_batched(client, EVENT_REPLY, [{"k": k} for k in range(waits)])
+        t_sent = wl.now()
+        client.run_until_idle()
+        seconds = wl.now() - t0
+        outputs = sorted(row["output"] for row in runs_with_status(client, "w6", "completed"))
+    if outputs != list(range(waits)):
+        raise RuntimeError(f"W6: expected {waits} runs with their own reply, found {len(outputs)} completed")
+    return wl.fan_in_record(
+        SYSTEM, waits=waits, seconds=seconds, send_seconds=t_sent - t0, park_seconds=park_seconds
+    )
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3, wl.W4: run_w4, wl.W6: run_w6,
+}
 
 
 def main() -> int:

@@ -26,7 +26,9 @@ from typing import Any, TextIO
 W1 = "W1"
 W2 = "W2"
 W3 = "W3"
-WORKLOADS: tuple[str, ...] = (W1, W2, W3)
+W4 = "W4"
+W6 = "W6"
+WORKLOADS: tuple[str, ...] = (W1, W2, W3, W4, W6)
 
 SYSTEMS: tuple[str, ...] = ("steplog", "dbos")
 
@@ -34,10 +36,30 @@ DESCRIPTIONS: dict[str, str] = {
     W1: "throughput: N runs x 3 trivial steps, all sent at once, until the last completes",
     W2: "long run: one run of S sequential trivial steps (us per step = wall / S)",
     W3: "latency: N one-step runs, each sent after the previous finished (send -> result)",
+    W4: "sleeping runs: N runs sleep 60 s (manual clock) or 2 s (real clock), then run one step;"
+    " deadline -> last completion, and RSS while they sleep",
+    W6: "fan-in: W runs wait for their own reply event, then W replies are sent; reply -> last completion",
+}
+
+#: W4 runs on two clocks: ``manual`` (steplog's ManualClock, advanced past the deadline at once)
+#: and ``real`` (the wall clock). DBOS has no manual clock.
+CLOCK_MANUAL = "manual"
+CLOCK_REAL = "real"
+W4_CLOCKS: tuple[str, ...] = (CLOCK_MANUAL, CLOCK_REAL)
+W4_MANUAL_SLEEP_S = 60
+W4_REAL_SLEEP_S = 2
+
+#: Events per ``send`` (steplog's per-send limit) and messages per DBOS ``send_bulk`` in W4 and W6.
+SEND_BATCH = 5000
+
+#: Points a system cannot run, and why; the table shows n/a for them.
+UNSUPPORTED: dict[tuple[str, str, str | None], str] = {
+    ("dbos", W4, CLOCK_MANUAL): "DBOS has no manual clock (DBOS.sleep is time.sleep on the wall clock)",
 }
 
 STEPS_PER_RUN_W1 = 3
 STEPS_PER_RUN_W3 = 1
+STEPS_PER_RUN_W4 = 2  # the sleep and the step after it
 
 #: Every result record carries these figure keys (``None`` where a figure does not apply).
 FIGURES: tuple[str, ...] = (
@@ -63,26 +85,51 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 
 
 @dataclass(frozen=True)
+class Point:
+    """One workload point: a size (N, S or W) and, for W4, the clock."""
+
+    size: int
+    clock: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the runner beyond ``(db_dir, size)``."""
+        return {} if self.clock is None else {"clock": self.clock}
+
+
+@dataclass(frozen=True)
 class Sizes:
-    """The sizes of one benchmark pass: N for W1 and W3, the list of S for W2."""
+    """The sizes of one benchmark pass: N for W1, W3 and W4 (per clock), the lists of S (W2) and W (W6)."""
 
     w1_runs: int
     w2_steps: tuple[int, ...]
     w3_runs: int
+    w4_manual_runs: int
+    w4_real_runs: int
+    w6_waits: tuple[int, ...]
 
-    def points(self, workload: str) -> tuple[int, ...]:
-        """The sizes to run for ``workload``: one child process is started per size."""
+    def points(self, workload: str) -> tuple[Point, ...]:
+        """The points to run for ``workload``: one child process is started per point."""
         if workload == W1:
-            return (self.w1_runs,)
+            return (Point(self.w1_runs),)
         if workload == W2:
-            return self.w2_steps
+            return tuple(Point(s) for s in self.w2_steps)
         if workload == W3:
-            return (self.w3_runs,)
+            return (Point(self.w3_runs),)
+        if workload == W4:
+            return (Point(self.w4_manual_runs, CLOCK_MANUAL), Point(self.w4_real_runs, CLOCK_REAL))
+        if workload == W6:
+            return tuple(Point(w) for w in self.w6_waits)
         raise ValueError(f"unknown workload {workload!r}; expected one of {', '.join(WORKLOADS)}")
 
 
-FULL = Sizes(w1_runs=2000, w2_steps=(100, 1000, 5000), w3_runs=200)
-QUICK = Sizes(w1_runs=200, w2_steps=(100, 1000), w3_runs=50)
+FULL = Sizes(
+    w1_runs=2000, w2_steps=(100, 1000, 5000), w3_runs=200,
+    w4_manual_runs=100_000, w4_real_runs=1000, w6_waits=(1000, 5000, 10_000),
+)
+QUICK = Sizes(
+    w1_runs=200, w2_steps=(100, 1000), w3_runs=50,
+    w4_manual_runs=5000, w4_real_runs=200, w6_waits=(1000,),
+)
 
 #: steplog's per-run step limit must be raised above its default (1,000) for W2.
 MAX_STEPS_PER_RUN = 10_000
@@ -100,6 +147,24 @@ def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports ``ru_maxrss`` in KiB)."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(kib / 1024.0, 1)
+
+
+def current_rss_mb() -> float | None:
+    """Resident set size of this process now, in MiB (``VmRSS``; None where /proc is missing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        return None
+    return None
+
+
+def batches(items: Sequence[Any], size: int = SEND_BATCH) -> Iterator[Sequence[Any]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def percentile(samples: Sequence[float], pct: float) -> float:
@@ -149,6 +214,55 @@ def latency_record(
     return record
 
 
+def sleep_record(
+    system: str,
+    *,
+    runs: int,
+    clock: str,
+    seconds: float,
+    rss_mb: float,
+    sleeping_rss_mb: float | None,
+    park_seconds: float,
+    lateness_s: Sequence[float] = (),
+    deadline_spread_s: float | None = None,
+) -> dict[str, Any]:
+    """A W4 record: ``seconds`` from the (latest) deadline until the last run finished."""
+    record = _bare_record(W4, system, runs=runs, steps=runs * STEPS_PER_RUN_W4, seconds=seconds, rss_mb=rss_mb)
+    record["clock"] = clock
+    if clock == CLOCK_MANUAL:  # every run is due at once: a wake-up throughput
+        record["runs_per_s"] = round(runs / seconds, 2)
+    if lateness_s:
+        record["p50_ms"] = round(percentile(lateness_s, 50) * 1e3, 3)
+        record["p99_ms"] = round(percentile(lateness_s, 99) * 1e3, 3)
+    record["sleeping_rss_mb"] = sleeping_rss_mb
+    record["park_seconds"] = round(park_seconds, 4)
+    if deadline_spread_s is not None:
+        record["deadline_spread_s"] = round(deadline_spread_s, 4)
+    return record
+
+
+def fan_in_record(
+    system: str, *, waits: int, seconds: float, send_seconds: float, park_seconds: float
+) -> dict[str, Any]:
+    """A W6 record: ``seconds`` from the first reply sent until the last waiting run finished."""
+    record = _bare_record(W6, system, runs=waits, steps=waits, seconds=seconds, rss_mb=peak_rss_mb())
+    record["waits"] = waits
+    record["runs_per_s"] = round(waits / seconds, 2)
+    record["send_seconds"] = round(send_seconds, 4)
+    record["park_seconds"] = round(park_seconds, 4)
+    return record
+
+
+def _bare_record(
+    workload: str, system: str, *, runs: int, steps: int, seconds: float, rss_mb: float
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"workload": workload, "system": system, "runs": runs, "total_steps": steps}
+    record.update(dict.fromkeys(FIGURES))
+    record["peak_rss_mb"] = rss_mb
+    record["seconds"] = round(seconds, 4)
+    return record
+
+
 def environment(system_version: str) -> dict[str, str]:
     """Versions that a reader needs to compare figures across machines."""
     return {
@@ -163,10 +277,10 @@ def environment(system_version: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ChildArgs:
-    """Arguments of ``python -m benchmarks.run_<system> WORKLOAD [--n N[,N...]] [--quick]``."""
+    """Arguments of ``python -m benchmarks.run_<system> WORKLOAD [--n N[,N...]] [--clock C] [--quick]``."""
 
     workload: str
-    sizes: tuple[int, ...]
+    points: tuple[Point, ...]
     keep_db: bool
 
 
@@ -180,13 +294,27 @@ def parse_child_args(system: str, argv: Sequence[str] | None = None) -> ChildArg
         "--n",
         type=_size_list,
         default=None,
-        help="runs (W1, W3) or steps per run (W2); W2 takes a comma-separated list",
+        help="runs (W1, W3, W4), steps per run (W2) or waits (W6); a comma-separated list runs each",
+    )
+    parser.add_argument(
+        "--clock", choices=W4_CLOCKS, default=None, help="W4 only: manual or real (default: both)"
     )
     parser.add_argument("--quick", action="store_true", help="smaller default sizes")
     parser.add_argument("--keep-db", action="store_true", help="do not delete the database dir")
     ns = parser.parse_args(argv)
-    default = (QUICK if ns.quick else FULL).points(ns.workload)
-    return ChildArgs(workload=ns.workload, sizes=ns.n or default, keep_db=ns.keep_db)
+    if ns.clock is not None and ns.workload != W4:
+        parser.error("--clock applies to W4 only")
+    points = (QUICK if ns.quick else FULL).points(ns.workload)
+    if ns.clock is not None:
+        points = tuple(p for p in points if p.clock == ns.clock)
+    if ns.n:
+        clocks = tuple(dict.fromkeys(p.clock for p in points))
+        points = tuple(Point(n, clock) for clock in clocks for n in ns.n)
+    points = tuple(p for p in points if (system, ns.workload, p.clock) not in UNSUPPORTED)
+    if not points:
+        parser.error(f"{system} cannot run {ns.workload} with --clock {ns.clock}: "
+                     f"{UNSUPPORTED.get((system, ns.workload, ns.clock), 'no points')}")
+    return ChildArgs(workload=ns.workload, points=points, keep_db=ns.keep_db)
 
 
 def _size_list(text: str) -> tuple[int, ...]:
@@ -236,16 +364,19 @@ def emit(out: TextIO, record: dict[str, Any]) -> None:
 def child_main(
     system: str,
     version: Callable[[], str],
-    runners: Mapping[str, Callable[[Path, int], dict[str, Any]]],
+    runners: Mapping[str, Callable[..., dict[str, Any]]],
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Shared ``main`` of the runners: a fresh db dir per size, one JSON line per result."""
+    """Shared ``main`` of the runners: a fresh db dir per point, one JSON line per result.
+
+    A runner is called as ``runner(db_dir, size)``, plus ``clock=...`` for W4.
+    """
     args = parse_child_args(system, argv)
     runner = runners[args.workload]
     with results_stdout() as out:
-        for size in args.sizes:
+        for point in args.points:
             with fresh_db_dir(system, keep=args.keep_db) as db_dir:
-                record = runner(db_dir, size)
+                record = runner(db_dir, point.size, **point.options())
             record.update(environment(version()))
             record["pid"] = os.getpid()
             emit(out, record)
