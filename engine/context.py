@@ -9,8 +9,8 @@ in a ``def`` function, tasks in an ``async def`` one) and returns their results 
 start in order and each takes its first step id before the next starts, so repeated ids get the
 same keys on every replay; give later steps of different branches distinct ids. A branch that
 sleeps or waits suspends alone; the others go on. ``asyncio.gather`` over step calls also works:
-steps run concurrently and are memoized each on its own, but a sleep, wait or retry in one of them
-suspends the whole run once the other step bodies in flight have finished.
+steps run concurrently and are memoized each on its own; a task that sleeps, waits or retries
+suspends alone, and the invocation ends once every task has finished or suspended.
 """
 
 from __future__ import annotations
@@ -264,15 +264,9 @@ class AsyncStep(_StepCore):
         return await self._in_task(lambda: self._send_event(step_id, events))  # type: ignore[no-any-return]
 
     async def _in_task(self, call: Callable[[], Any]) -> Any:
-        """Call a step tool; in a task of asyncio.gather, let the others' step bodies finish before
-        a suspension leaves the run."""
-        implicit = self._enter_task()
-        try:
-            return call()
-        except BaseException:
-            if implicit:
-                await self._invocation.settle()
-            raise
+        """Call a step tool, in a task of asyncio.gather with the task's own step state."""
+        self._enter_task()
+        return call()
 
     async def wait_for_event(
         self, step_id: str, *, event: str, timeout: Duration, if_exp: str | None = None, match: str | None = None
@@ -298,7 +292,6 @@ class AsyncStep(_StepCore):
         invocation = self._invocation
         started = invocation.clock.now()
         concurrent = implicit or BRANCH.get() is not None
-        invocation.body_started()
         try:
             if concurrent and not inspect.iscoroutinefunction(handler):
                 value = await asyncio.to_thread(handler, *args, **kwargs)  # other branches go on meanwhile
@@ -309,14 +302,7 @@ class AsyncStep(_StepCore):
             outcome: tuple[bool, Any] = (True, value)
         except Exception as error:  # noqa: BLE001 - any error of the step body is the step's failure
             outcome = (False, error)
-        finally:
-            invocation.body_ended()
-        try:
-            return self._finish(key, step_id, started, outcome)
-        except BaseException:
-            if implicit:
-                await invocation.settle()
-            raise
+        return self._finish(key, step_id, started, outcome)
 
     def _enter_task(self) -> bool:
         """In a task of asyncio.gather, give the task its own step state; True if it is such a task."""

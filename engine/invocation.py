@@ -55,7 +55,7 @@ class Branch:
     attempt: int | None = None
     suspended: _Suspend | None = None
     explicit: bool = True
-    """False for a task of asyncio.gather: its suspension suspends the whole invocation."""
+    """False for a task of asyncio.gather (its suspension is also noted on the invocation)."""
     on_keyed: Callable[[], None] | None = None
     """Called when the branch takes a step key, so that the next branch may start (sync parallel)."""
 
@@ -136,10 +136,11 @@ class Invocation:
         self.registry = registry
         self._lock = threading.RLock()
         self.main_task: Any = None
-        self._in_flight = 0
-        self._settled: asyncio.Event | None = None
+        self._suspended_tasks: list[_Suspend] = []
+        """Suspensions of asyncio.gather tasks: the run waits even if the function's code goes on."""
         self._pending_start = not state.started
         self._began = clock.now()
+        self._deferred: list[NewEntry] = []
         """When this invocation began: the run's start (or resume) time, whenever it is first recorded."""
         self._pending_resume = state.started and state.status == "waiting"
         self.memo_hits = 0
@@ -155,8 +156,10 @@ class Invocation:
         A suspension inside a parallel branch belongs to that branch alone.
         """
         branch = BRANCH.get()
-        if isinstance(interrupt, _Suspend) and branch is not None and branch.explicit:
+        if isinstance(interrupt, _Suspend) and branch is not None:
             branch.suspended = interrupt
+            if not branch.explicit:
+                self._suspended_tasks.append(interrupt)
         else:
             self._interrupt = interrupt
         return interrupt
@@ -232,7 +235,13 @@ class Invocation:
 
     def next_wake(self, *candidates: datetime) -> datetime:
         """The earliest time the run must be woken: its pending sleeps, waits, and finish timeout."""
-        times = [*candidates, *(parse_time(text) for text in self.state.pending_deadlines)]
+        done = {entry.data["step"] for entry in self._deferred}
+        pending = self.state.pending_deadlines if not done else self.state.pending_deadlines_except(done)
+        now = self.clock.now()
+        # a deadline already past that this invocation did not complete is not reached by the code
+        # (it changed, or the step is behind another branch's wait): waking for it again at once
+        # would only spin
+        times = [*candidates, *(t for t in map(parse_time, pending) if t > now)]
         deadline = self._finish_deadline()
         if deadline is not None:
             times.append(deadline)
@@ -255,8 +264,23 @@ class Invocation:
                 raise self._interrupted(_HostFailure(error)) from error
             self._applied(batch)
 
+    def defer(self, entry: NewEntry) -> None:
+        """Record a step's completion with the run's next commit rather than in a commit of its own.
+
+        Only for results that a replay derives again, identically, from what is already durable:
+        a sleep whose deadline has passed (None), a wait whose outcome is in the signal stream.
+        A woken run then commits its wake, its next step and so on together, not one by one.
+        """
+        with self._lock:
+            self._deferred.append(entry)
+
+    @property
+    def finished_steps(self) -> int:
+        """The run's finished steps, counting completions not yet committed."""
+        return len(self.state.memo) + len(self._deferred)
+
     def _prefixed(self, entries: Sequence[NewEntry]) -> list[NewEntry]:
-        batch = list(entries)
+        batch = [*self._deferred, *entries] if self._deferred else list(entries)
         if self._pending_start:
             batch.insert(0, NewEntry(r.RUN_STARTED, {"at": format_time(self._began)}))
         elif self._pending_resume:
@@ -265,6 +289,7 @@ class Invocation:
 
     def _applied(self, batch: Sequence[NewEntry]) -> None:
         self._pending_start = self._pending_resume = False
+        self._deferred.clear()
         for entry in batch:
             self.state.apply(entry.type, entry.data)
 
@@ -312,7 +337,7 @@ class Invocation:
         if self.in_step:
             nested = {"name": "NestedStepError", "message": "steps cannot run inside a step body", "stack": None}
             raise self._interrupted(_Abort(nested))
-        if len(self.state.memo) >= self.limits.steps_per_run:
+        if self.finished_steps >= self.limits.steps_per_run:
             message = (
                 f"the run exceeded its step limit of {self.limits.steps_per_run} steps"
                 " (raise it with Steplog(max_steps_per_run=...) or Limits(steps_per_run=...))"
@@ -331,7 +356,7 @@ class Invocation:
         base = self._step_base(key, step_id, kind, started)
         # the log holds its own JSON copy: what any backend gives back on replay, shared with no one
         recorded = _json_copy(output, text)
-        self.commit(NewEntry(r.STEP_COMPLETED, {**base, "n": len(self.state.memo) + 1, "output": recorded}))
+        self.commit(NewEntry(r.STEP_COMPLETED, {**base, "n": self.finished_steps + 1, "output": recorded}))
         return _json_copy(output, text)
 
     def record_failure(
@@ -353,7 +378,7 @@ class Invocation:
     ) -> NoReturn:
         """Commit a step's final failure and raise it into the function as StepError."""
         base = {**self._step_base(key, step_id, kind, started), "error": info}
-        self.commit(NewEntry(r.STEP_FAILED, {**base, "n": len(self.state.memo) + 1}))
+        self.commit(NewEntry(r.STEP_FAILED, {**base, "n": self.finished_steps + 1}))
         raise StepError(key, info["name"], info["message"], info.get("stack")) from cause
 
     def sleep_until(self, key: str, step_id: str, wake_at: datetime) -> None:
@@ -370,7 +395,7 @@ class Invocation:
             raise self._interrupted(_Suspend(parse_time(planned)))  # woken early: wait again, never run early
         started = parse_time(self._sleep_started(key)) if planned is not None else now
         base = self._step_base(key, step_id, SLEEP_KIND, started)
-        self.commit(NewEntry(r.STEP_COMPLETED, {**base, "n": len(self.state.memo) + 1, "output": None}))
+        self.defer(NewEntry(r.STEP_COMPLETED, {**base, "n": self.finished_steps + 1, "output": None}))
 
     def send_events(self, key: str, step_id: str, events: list[dict[str, Any]]) -> Any:
         """Send events as a step: committed before the call returns, never sent twice.
@@ -450,30 +475,14 @@ class Invocation:
         raise self._interrupted(_Suspend(due))
 
     def complete_wait(self, key: str, step_id: str, kind: str, output: Any, started: datetime) -> Any:
-        """Commit a wait's result as its step's output."""
-        self.commit(NewEntry(r.STEP_COMPLETED, {**self._step_base(key, step_id, kind, started),
-                                                "n": len(self.state.memo) + 1, "output": output}))
+        """Record a wait's result as its step's output (with the next commit: see ``defer``)."""
+        self.defer(NewEntry(r.STEP_COMPLETED, {**self._step_base(key, step_id, kind, started),
+                                               "n": self.finished_steps + 1, "output": output}))
         return output
 
     def invoke_correlation(self, key: str) -> str:
         """The id that ties an invoked run's end to this run's step."""
         return f"{self.state.run_id}.{key}"
-
-    # -- async parallelism (asyncio.gather) ---------------------------------------------------------
-
-    def body_started(self) -> None:
-        self._in_flight += 1
-
-    def body_ended(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0 and self._settled is not None:
-            self._settled.set()
-
-    async def settle(self) -> None:
-        """Before a gathered task suspends the run: let the step bodies of the other tasks finish."""
-        while self._in_flight > 0:
-            self._settled = asyncio.Event()
-            await self._settled.wait()
 
     def _sleep_started(self, key: str) -> str:
         return self.state.sleeps_started.get(key) or format_time(self.clock.now())
@@ -524,10 +533,16 @@ class Invocation:
         try:
             output = self._call(context)
         except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here
-            return self._conclude(self._interrupt or raised)
-        if self._interrupt is not None:
-            return self._conclude(self._interrupt)
+            return self._conclude(self._interrupt or self._task_suspension() or raised)
+        if self._interrupt is not None or self._suspended_tasks:
+            return self._conclude(self._interrupt or self._task_suspension())
         return self._complete(output)
+
+    def _task_suspension(self) -> _Suspend | None:
+        """The earliest suspension of a gathered task, if any: the run must wait for it."""
+        if not self._suspended_tasks:
+            return None
+        return min(self._suspended_tasks, key=lambda suspend: suspend.wake_at)
 
     def _conclude(self, raised: BaseException) -> Outcome:
         if isinstance(raised, _Suspend):
@@ -549,11 +564,14 @@ class Invocation:
 
     async def _main(self, context: Any) -> Any:
         self.main_task = asyncio.current_task()
-        return await self.function.handler(context)
+        try:
+            return await self.function.handler(context)
+        finally:
+            await _other_tasks_done()  # gathered tasks go on (and commit) until each finishes or suspends
 
     def _suspend(self, wake_at: datetime) -> Outcome:
         wake = self.next_wake(wake_at)
-        if self.state.status != "waiting":  # nothing recorded says so since the run resumed
+        if self.state.status != "waiting" or self._deferred:  # nothing recorded says so since it resumed
             self.commit(NewEntry(r.RUN_SUSPENDED, {"due_at": format_time(wake)}))
         return Outcome("waiting", wake_at=wake)
 
@@ -563,18 +581,18 @@ class Invocation:
         except NotJSONError as error:
             return self._fail({"name": "OutputError", "message": str(error), "stack": None})
         recorded = _json_copy(output, text)
-        data = {"output": recorded, "at": self._now(), "steps": len(self.state.memo)}
+        data = {"output": recorded, "at": self._now(), "steps": self.finished_steps}
         self._end("completed", NewEntry(r.RUN_COMPLETED, data), output=recorded)
         return Outcome("completed", output=_json_copy(output, text))
 
     def _fail(self, error: ErrorInfo) -> Outcome:
-        self._end("failed", NewEntry(r.RUN_FAILED, {"error": error, "at": self._now(), "steps": len(self.state.memo)}),
+        self._end("failed", NewEntry(r.RUN_FAILED, {"error": error, "at": self._now(), "steps": self.finished_steps}),
                   error=error)
         return Outcome("failed", error=error)
 
     def _cancel(self, reason: str) -> Outcome:
         error = {"name": "RunCancelled", "message": f"run cancelled: {reason}", "stack": None}
-        data = {"reason": reason, "error": error, "at": self._now(), "steps": len(self.state.memo)}
+        data = {"reason": reason, "error": error, "at": self._now(), "steps": self.finished_steps}
         self._pending_start = False  # a run cancelled before it started never started
         self._end("cancelled", NewEntry(r.RUN_CANCELLED, data), error=error)
         return Outcome("cancelled", error=error)
@@ -602,6 +620,12 @@ class Invocation:
         data = {"attempt": self.state.run_failures, "error": error_info(error), "retry_at": format_time(retry_at)}
         self.commit(NewEntry(r.RUN_ERRORED, data))
         return Outcome("waiting", wake_at=retry_at)
+
+
+async def _other_tasks_done() -> None:
+    current = asyncio.current_task()
+    while others := [task for task in asyncio.all_tasks() if task is not current and not task.done()]:
+        await asyncio.gather(*others, return_exceptions=True)
 
 
 _SCALARS = (str, int, float, bool, type(None))

@@ -56,8 +56,14 @@ class RunState:
     @property
     def pending_deadlines(self) -> list[str]:
         """The times at which pending sleeps end and pending waits expire."""
-        deadlines = list(self.sleeps.values())
-        deadlines.extend(w["expires_at"] for key, w in self.waits.items() if key not in self.wait_results)
+        return self.pending_deadlines_except(frozenset())
+
+    def pending_deadlines_except(self, done: frozenset[str] | set[str]) -> list[str]:
+        """Pending deadlines, leaving out the steps in ``done``."""
+        deadlines = [wake for key, wake in self.sleeps.items() if key not in done]
+        deadlines.extend(
+            w["expires_at"] for key, w in self.waits.items() if key not in self.wait_results and key not in done
+        )
         return deadlines
 
     def apply_signal(self, entry_type: str, data: dict[str, Any]) -> None:
