@@ -85,6 +85,13 @@ class Arm:
 
 
 @attrs.frozen
+class ArmAll:
+    """Supervisor: arm these timers of its runs (found at start)."""
+
+    arms: Sequence[Arm]
+
+
+@attrs.frozen
 class Disarm:
     """Timer: this run ended; forget its timer."""
 

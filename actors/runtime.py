@@ -24,7 +24,7 @@ from steplog.actors.activity import Activity
 from steplog.actors.dblock import DatabaseLock
 from steplog.actors.errors import EngineStoppedError
 from steplog.actors.handle import RunHandle
-from steplog.actors.messages import Arm, Reply, StartRun, Tick
+from steplog.actors.messages import Arm, ArmAll, Reply, StartRun, Tick
 from steplog.actors.router import Coordinate, EventRouter
 from steplog.actors.run import WorkerPool
 from steplog.actors.supervisor import FunctionSupervisor
@@ -219,21 +219,27 @@ class Steplog:
 
     def _resume(self) -> None:
         recovery = self._engine.recover()
-        for run_id, function_id in recovery.ready:
-            supervisor = self._supervisors.get(function_id)
-            if supervisor is None:
-                log.warning("run %s belongs to function %r, which is not defined; it waits", run_id, function_id)
-                continue
-            self._activity.begin()
-            supervisor.tell(StartRun(run_id))
         now = self.clock.now()
-        for due, run_id, function_id in recovery.timers:
-            supervisor = self._supervisors.get(function_id)
-            if due <= now and supervisor is not None:  # due already: counted now, so run_until_idle waits for it
+        due_now = [(run_id, function_id) for due, run_id, function_id in recovery.timers if due <= now]
+        for run_id, function_id in recovery.ready + due_now:  # counted now, so run_until_idle waits for them
+            supervisor = self._supervisor_of(run_id, function_id)
+            if supervisor is not None:
                 self._activity.begin()
                 supervisor.tell(StartRun(run_id))
-            else:
-                self._timer.tell(Arm(due, run_id, function_id))
+        later: dict[str, list[Arm]] = {}
+        for due, run_id, function_id in recovery.timers:
+            if due > now and self._supervisor_of(run_id, function_id) is not None:
+                later.setdefault(function_id, []).append(Arm(due, run_id, function_id))
+        for function_id, arms in later.items():
+            # through the supervisor, so that the run's end disarms them; asked, so that they are
+            # armed when start() returns
+            self._supervisors[function_id].ask(ArmAll(arms))
+
+    def _supervisor_of(self, run_id: str, function_id: str) -> pykka.ActorRef[Any] | None:
+        supervisor = self._supervisors.get(function_id)
+        if supervisor is None:
+            log.warning("run %s belongs to function %r, which is not defined; it waits", run_id, function_id)
+        return supervisor
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let executing runs finish their invocation (up to ``timeout`` s), then stop every actor.

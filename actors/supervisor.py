@@ -15,7 +15,7 @@ from typing import Any
 import pykka
 from steplog.actors.activity import Activity
 from steplog.actors.base import Actor
-from steplog.actors.messages import Arm, Disarm, RunCrashed, RunEnded, StartRun
+from steplog.actors.messages import Arm, ArmAll, Disarm, RunCrashed, RunEnded, StartRun
 from steplog.actors.run import ExecuteRun, WorkerPool
 from steplog.engine import Engine
 from steplog.engine.coordination import StaleRunError
@@ -66,6 +66,10 @@ class FunctionSupervisor(Actor):
     def _handle(self, message: Any) -> None:
         if isinstance(message, StartRun):
             self._admit(message)
+        elif isinstance(message, ArmAll):  # recovery's timers pass here, so that the run's end disarms them
+            for arm in message.arms:
+                self._armed.add(arm.run_id)
+                self._timer.tell(arm)
         elif isinstance(message, RunEnded):
             self._ended(message.run_id, message.outcome)
         elif isinstance(message, RunCrashed):

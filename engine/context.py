@@ -27,6 +27,7 @@ from steplog.engine.durations import Duration, parse_duration
 from steplog.engine.errors import StepError
 from steplog.engine.events import Event
 from steplog.engine.ids import StepKeys
+from steplog.engine.jsonvalues import NotJSONError, encode, size_of
 from steplog.engine.invocation import BRANCH, RUN_KIND, SEND_KIND, SLEEP_KIND, Branch, Invocation
 from steplog.engine.options import pause_expression, pause_timeout
 from steplog.engine.parallel import AsyncGroup, Group
@@ -173,7 +174,12 @@ class _StepCore:
             return f"no function {function_id!r} to invoke"
         if data is not None and not isinstance(data, dict):
             return f"invoke data must be a JSON object (dict), got {type(data).__name__}"
-        return None
+        try:
+            size = size_of(encode(data or {}, what="invoke data"))
+        except NotJSONError as error:
+            return str(error)
+        limit = self._invocation.limits.event_bytes
+        return None if size <= limit else f"invoke data is {size} bytes; the limit is {limit} bytes (as for events)"
 
     def _after(self, duration: Duration) -> Callable[[], datetime]:
         return lambda: self._invocation.clock.now() + parse_duration(duration, what="sleep duration")
@@ -313,6 +319,7 @@ class AsyncStep(_StepCore):
         if task is None or task is self._invocation.main_task:
             return False
         BRANCH.set(Branch(explicit=False))
+        self._invocation.step_tasks.add(task)
         return True
 
 

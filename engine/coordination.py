@@ -131,6 +131,18 @@ class _Batch:
 
     keys: set[str] = attrs.Factory(set)
     resolved: dict[tuple[str, str], Any] = attrs.Factory(dict)
+    cancels: set[str] = attrs.Factory(set)
+
+
+@attrs.define
+class _Effects:
+    """What planning one send did to the index, to announce after its commit or to undo."""
+
+    added: list[Pause] = attrs.Factory(list)
+    removed: list[Pause] = attrs.Factory(list)
+    resolved: list[tuple[str, str]] = attrs.Factory(list)
+    cancels: list[tuple[str, str]] = attrs.Factory(list)
+    wakes: list[tuple[str, str]] = attrs.Factory(list)
 
 
 class Coordinator:
@@ -208,32 +220,41 @@ class Coordinator:
             return error
 
     def _plan_send(self, events: Any, internal: bool, batch: _Batch, now: datetime) -> _Planned:
-        limits = for_engine_events(self.limits) if internal else self.limits
-        received = prepare_events(events, now=now, limits=limits, allow_reserved=internal)
+        received = prepare_events(events, now=now, limits=self._limits(internal), allow_reserved=internal)
         routed: list[Routed] = []
-        wakes: list[tuple[str, str]] = []
-        added: list[Pause] = []
+        effects = _Effects()
         for item in received:
             duplicate = self._seen(item, batch, now)
             one = route(item, self.registry.all(), now, duplicate=duplicate)
             if not duplicate:
-                signals, woken = self._resolve(one, batch, now)
+                signals = self._resolve(one, batch, effects, now)
                 if signals:  # in the event's own append: the event and what it resumed, or neither
                     one = attrs.evolve(one, append=attrs.evolve(one.append, writes=one.append.writes + signals))
-                    wakes.extend(woken)
                 for run in one.runs:
                     self.pauses.add_all(run.pauses)
-                    added.extend(run.pauses)
+                    effects.added.extend(run.pauses)
             routed.append(one)
 
         def finish(results: list[Committed | ConcurrencyError]) -> Answer:
-            return _accepted(routed, results, wakes)
+            answer = _accepted(routed, results, effects.wakes)
+            if isinstance(answer, Accepted):
+                for run_id, reason in effects.cancels:
+                    self.cancelling.setdefault(run_id, reason)
+            return answer
 
         def undo() -> None:
-            for pause in added:
+            for pause in effects.added:
                 self.pauses.remove(pause.run_id, pause.step)
+            self.pauses.add_all(effects.removed)
+            for key in effects.resolved:
+                batch.resolved.pop(key, None)
+            for run_id, _ in effects.cancels:
+                batch.cancels.discard(run_id)
 
         return _Planned([one.append for one in routed], finish, undo)
+
+    def _limits(self, internal: bool) -> Limits:
+        return for_engine_events(self.limits) if internal else self.limits
 
     def _seen(self, received: ReceivedEvent, batch: _Batch, now: datetime) -> bool:
         key = dedup_key(received)
@@ -244,31 +265,30 @@ class Coordinator:
         batch.keys.add(key)
         return self.store.key_recorded(key, window_s=DEDUP_WINDOW.total_seconds(), now=now)
 
-    def _resolve(self, routed: Routed, batch: _Batch, now: datetime) -> tuple[tuple[StreamWrite, ...], list[Any]]:
-        """What the event does to the pauses it matches: signals to write, runs to wake."""
-        writes: list[StreamWrite] = []
-        wakes: list[tuple[str, str]] = []
+    def _resolve(self, routed: Routed, batch: _Batch, effects: _Effects, now: datetime) -> tuple[StreamWrite, ...]:
+        """What the event does to the pauses it matches: the signals to write (and, in ``effects``,
+        the runs to wake, the pauses removed, the cancels to announce once committed)."""
         if not self.pauses.listens_for(routed.received.event.name):
-            return (), wakes
+            return ()
         event = routed.received.event.to_dict()
+        writes: list[StreamWrite] = []
         for pause in self.pauses.match(event, now):
-            if pause.kind == CANCEL_KIND and pause.run_id in self.cancelling:
-                self.pauses.remove(pause.run_id, pause.step)  # already asked to cancel (by another rule)
-                continue
+            self.pauses.remove(pause.run_id, pause.step)
+            effects.removed.append(pause)
             if pause.kind == CANCEL_KIND:
+                if pause.run_id in batch.cancels or pause.run_id in self.cancelling:
+                    continue  # already asked to cancel (by another rule, or earlier)
                 reason = f"cancelled by event {event['name']!r} ({event['id']})"
-                for listener in self.pauses.of_run(pause.run_id):
-                    if listener.kind == CANCEL_KIND:
-                        self.pauses.remove(listener.run_id, listener.step)
+                batch.cancels.add(pause.run_id)
+                effects.cancels.append((pause.run_id, reason))
                 entry = NewEntry(r.CANCEL_REQUESTED, {"reason": reason})
-                self.cancelling.setdefault(pause.run_id, reason)
             else:
-                self.pauses.remove(pause.run_id, pause.step)
                 batch.resolved[pause.key] = event
+                effects.resolved.append(pause.key)
                 entry = NewEntry(r.WAIT_RESOLVED, {"step": pause.step, "event": event})
             writes.append(StreamWrite(r.signal_stream(pause.run_id), (entry,)))
-            wakes.append((pause.run_id, pause.function_id))
-        return tuple(writes), wakes
+            effects.wakes.append((pause.run_id, pause.function_id))
+        return tuple(writes)
 
     def _plan_wait(self, request: RegisterWait, batch: _Batch, now: datetime) -> _Planned:
         run_write = StreamWrite(r.run_stream(request.run_id), request.entries, request.expected_version)

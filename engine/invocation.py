@@ -35,7 +35,7 @@ from steplog.engine.limits import Limits
 from steplog.engine.pauses import INVOKE_KIND, WAIT_KIND, make_pause
 from steplog.engine.records import ErrorInfo, error_info
 from steplog.engine.state import RunState, StepRecord
-from steplog.engine.system_events import END_EVENTS, correlation_id, end_events
+from steplog.engine.system_events import END_EVENTS, correlation_id, end_events, trimmed
 from steplog.eventstore import NewEntry, format_time, parse_time
 
 Commit = Callable[[Sequence[NewEntry]], None]
@@ -136,6 +136,8 @@ class Invocation:
         self.registry = registry
         self._lock = threading.RLock()
         self.main_task: Any = None
+        self.step_tasks: set[Any] = set()
+        """The asyncio tasks that took steps (gathered, or branches): the invocation waits for them."""
         self._suspended_tasks: list[_Suspend] = []
         """Suspensions of asyncio.gather tasks: the run waits even if the function's code goes on."""
         self._pending_start = not state.started
@@ -165,12 +167,18 @@ class Invocation:
         return interrupt
 
     def check_interrupt(self) -> None:
-        """Raise the pending interrupt again, if user code swallowed it."""
+        """Raise the pending interrupt again, if user code swallowed it.
+
+        Outside branches, a gathered task's suspension counts too: code after an
+        ``asyncio.gather(..., return_exceptions=True)`` must not go on with a missing result.
+        """
         if self._interrupt is not None:
             raise self._interrupt
         branch = BRANCH.get()
         if branch is not None and branch.suspended is not None:
             raise branch.suspended
+        if branch is None and self._suspended_tasks:
+            raise self._suspended_tasks[0]
 
     # -- step state (per branch inside group.parallel) -------------------------------------------
 
@@ -567,7 +575,12 @@ class Invocation:
         try:
             return await self.function.handler(context)
         finally:
-            await _other_tasks_done()  # gathered tasks go on (and commit) until each finishes or suspends
+            await self._step_tasks_done()  # gathered tasks go on (and commit) until each finishes or suspends
+
+    async def _step_tasks_done(self) -> None:
+        # only tasks that took steps: a helper task of the user's (a heartbeat) is left to asyncio.run
+        while pending := [task for task in self.step_tasks if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _suspend(self, wake_at: datetime) -> Outcome:
         wake = self.next_wake(wake_at)
@@ -607,25 +620,26 @@ class Invocation:
             self.commit(entry)
             return
         events = tuple(end_events(self.state, status, output=output, error=error)) if announce else ()
-        answer = self._coordinated(
-            lambda batch: EndRun(self.state.run_id, self.state.version, tuple(batch), events), [entry]
-        )
+        answer = self._end_through_coordinator(entry, events)
+        if isinstance(answer, EngineError) and events:  # an end event too large: never let it block the end
+            answer = self._end_through_coordinator(entry, tuple(trimmed(event) for event in events))
         if isinstance(answer, Exception):
             raise self._interrupted(_HostFailure(answer))
+
+    def _end_through_coordinator(self, entry: NewEntry, events: tuple[dict[str, Any], ...]) -> Answer:
+        return self._coordinated(
+            lambda batch: EndRun(self.state.run_id, self.state.version, tuple(batch), events), [entry]
+        )
 
     def _function_errored(self, error: Exception) -> Outcome:
         retry_at = self._retry_at(error, self.state.run_failures + 1, "run")
         if retry_at is None:
             return self._fail(error_info(error))
-        data = {"attempt": self.state.run_failures, "error": error_info(error), "retry_at": format_time(retry_at)}
+        wake = self.next_wake(retry_at)  # a finish timeout may come first
+        data = {"attempt": self.state.run_failures, "error": error_info(error), "retry_at": format_time(retry_at),
+                "due_at": format_time(wake)}
         self.commit(NewEntry(r.RUN_ERRORED, data))
-        return Outcome("waiting", wake_at=retry_at)
-
-
-async def _other_tasks_done() -> None:
-    current = asyncio.current_task()
-    while others := [task for task in asyncio.all_tasks() if task is not current and not task.done()]:
-        await asyncio.gather(*others, return_exceptions=True)
+        return Outcome("waiting", wake_at=wake)
 
 
 _SCALARS = (str, int, float, bool, type(None))

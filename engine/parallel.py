@@ -64,6 +64,9 @@ class AsyncGroup:
 
         async def body(index: int, call: Callable[[], Any], branch: Branch) -> None:
             BRANCH.set(branch)
+            task = asyncio.current_task()
+            if task is not None:
+                self._invocation.step_tasks.add(task)
             try:
                 value = call()
                 results[index] = await value if inspect.isawaitable(value) else value

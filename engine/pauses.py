@@ -276,11 +276,14 @@ def _lookup(value: Any, path: Path) -> Any:
 
 
 def _hashable(value: Any) -> Any:
-    """A key equal for values CEL compares equal (1 and 1.0), distinct for true and 1."""
+    """A key equal for values the CEL evaluator compares equal: true and 1 differ, and so do 1 and
+    1.0 (it refuses to compare an int with a double, which counts as no match)."""
     if isinstance(value, bool):
         return ("b", value)
-    if isinstance(value, (int, float)):
-        return ("n", value)
+    if isinstance(value, int):
+        return ("i", value)
+    if isinstance(value, float):
+        return ("d", value)
     if isinstance(value, str):
         return ("s", value)
     if value is None:

@@ -7,6 +7,7 @@
 | queue  | run_id      | runs scheduled and not yet started, in order, with when they are ready |
 | timers | run_id      | runs waiting for a time (retry backoff, a sleep, a wait's timeout, a signal), with when they are due |
 | waits  | run_id, step | pauses: runs listening for an event (waits, invokes, cancel rules)  |
+| wakeups| run_id      | runs sent a signal (a wait resolved, a cancel) that no invocation has begun after |
 
 Steps change no projection: the step path writes one log row and nothing else. The runs table
 counts a run's steps when it ends.
@@ -63,6 +64,13 @@ WAITS = Table(
     },
     indexes=(("event",),),
 )
+WAKEUPS = Table(
+    "wakeups",
+    key=("run_id",),
+    columns={"run_id": str, "at": str, "reason": str},
+)
+"""Kept apart from ``timers``: a signal that lands while the run executes must still wake it after a
+crash, whatever the run records meanwhile about its next time."""
 PAUSE_KINDS = ("wait", "invoke")
 
 
@@ -73,7 +81,7 @@ def _json(value: Any) -> str:
 class RunProjector:
     """Maps each engine entry to row changes in runs, events, queue and timers."""
 
-    tables: Sequence[Table] = (RUNS, EVENTS, QUEUE, TIMERS, WAITS)
+    tables: Sequence[Table] = (RUNS, EVENTS, QUEUE, TIMERS, WAITS, WAKEUPS)
 
     def project(self, entry: Entry) -> Iterable[Change]:
         handler = _HANDLERS.get(entry.type)
@@ -119,7 +127,7 @@ def _started(entry: Entry, run_id: str) -> list[Change]:
 
 def _resumed(entry: Entry, run_id: str) -> list[Change]:
     run = {"run_id": run_id, "status": "running", "updated_at": entry.recorded_at}
-    return [Upsert("runs", run), Delete("timers", {"run_id": run_id})]
+    return [Upsert("runs", run), Delete("timers", {"run_id": run_id}), Delete("wakeups", {"run_id": run_id})]
 
 
 def _sleeping(entry: Entry, run_id: str) -> list[Change]:
@@ -151,20 +159,21 @@ def _wait_signal(wake: bool) -> Any:
     def project(entry: Entry, run_id: str) -> list[Change]:
         changes: list[Change] = [Delete("waits", {"run_id": run_id, "step": entry.data["step"]})]
         if wake:  # the run must resume even if this process dies before it does
-            changes.append(Upsert("timers", {"run_id": run_id, "due_at": entry.recorded_at, "reason": "wait resolved"}))
+            reason = f"wait {entry.data['step']} resolved"
+            changes.append(Upsert("wakeups", {"run_id": run_id, "at": entry.recorded_at, "reason": reason}))
         return changes
 
     return project
 
 
 def _cancel_requested(entry: Entry, run_id: str) -> list[Change]:
-    return [Upsert("timers", {"run_id": run_id, "due_at": entry.recorded_at, "reason": "cancel"})]
+    return [Upsert("wakeups", {"run_id": run_id, "at": entry.recorded_at, "reason": "cancel"})]
 
 
 def _errored(entry: Entry, run_id: str) -> list[Change]:
     reason = f"retry step {entry.data['step']}" if "step" in entry.data else "retry run"
     run = {"run_id": run_id, "status": "waiting", "updated_at": entry.recorded_at}
-    timer = {"run_id": run_id, "due_at": entry.data["retry_at"], "reason": reason}
+    timer = {"run_id": run_id, "due_at": entry.data.get("due_at") or entry.data["retry_at"], "reason": reason}
     return [Upsert("runs", run), Upsert("timers", timer)]
 
 
@@ -176,7 +185,7 @@ def _ended(status: str, column: str) -> Any:
         }
         released = [Delete("waits", {"run_id": run_id, "step": step}) for step in entry.data.get("release", ())]
         return [Upsert("runs", run), Delete("timers", {"run_id": run_id}), Delete("queue", {"run_id": run_id}),
-                *released]
+                Delete("wakeups", {"run_id": run_id}), *released]
 
     return project
 

@@ -134,7 +134,10 @@ class Engine:
             cancelling=self.coordinator.cancelling, listens_for=self.coordinator.listens_for,
             registry=self.registry,
         )
-        return invocation.run(make_context(invocation))
+        outcome = invocation.run(make_context(invocation))
+        if outcome.wake_at is None:
+            self.coordinator.cancelling.pop(run_id, None)  # it ended: nothing left to cancel
+        return outcome
 
     def _run_committer(self, state: RunState) -> Callable[[Sequence[NewEntry]], None]:
         stream = r.run_stream(state.run_id)
@@ -169,23 +172,29 @@ class Engine:
         return bool(answer.value)
 
     def recover(self) -> Recovery:
-        """Runs to start (queued, or interrupted mid-invocation) and timers to arm, from the projections."""
-        # one read for the functions of waiting runs, rather than one per timer
-        waiting_runs = self.store.query("runs", where={"status": "waiting"})
-        function_of = {row["run_id"]: row["function_id"] for row in waiting_runs}
-        timers = []
+        """Runs to start (queued, or interrupted mid-invocation) and timers to arm, from the projections.
+
+        A run's timer is the earlier of its ``timers`` row and its ``wakeups`` row (a signal not yet
+        acted on). Rows left for runs that have ended (a cancel that landed just after the end) are
+        ignored.
+        """
+        active: dict[str, str] = {}
+        for status in ("waiting", "running", "queued"):
+            rows = self.store.query("runs", where={"status": status})
+            active.update((row["run_id"], row["function_id"]) for row in rows)
+        due: dict[str, datetime] = {}
         for row in self.store.query("timers"):
-            function_id = function_of.get(row["run_id"]) or self._function_of(row["run_id"])
-            timers.append((parse_time(row["due_at"]), row["run_id"], function_id))
-        waiting = {run_id for _, run_id, _ in timers}
+            if row["run_id"] in active:
+                due[row["run_id"]] = parse_time(row["due_at"])
+        for row in self.store.query("wakeups"):
+            if row["run_id"] in active:
+                at = parse_time(row["at"])
+                due[row["run_id"]] = min(due.get(row["run_id"], at), at)
+        timers = sorted((when, run_id, active[run_id]) for run_id, when in due.items())
         running = self.store.query("runs", where={"status": "running"}, order_by="scheduled_at")
         queued = self.store.query("queue", order_by="position")
-        ready = [(row["run_id"], row["function_id"]) for row in running + queued if row["run_id"] not in waiting]
-        return Recovery(ready, sorted(timers))
-
-    def _function_of(self, run_id: str) -> str:
-        rows = self.store.query("runs", where={"run_id": run_id})
-        return str(rows[0]["function_id"]) if rows else ""
+        ready = [(row["run_id"], row["function_id"]) for row in running + queued if row["run_id"] not in due]
+        return Recovery(ready, timers)
 
     # -- the synchronous driver -------------------------------------------------------------
 

@@ -61,6 +61,23 @@ def end_events(state: RunState, status: str, *, output: Any = None, error: Any =
     return events
 
 
+def trimmed(event: dict[str, Any]) -> dict[str, Any]:
+    """An end event cut down to fit the event size limit: the trigger reduced to its name, id and
+    ts, no ``events``, a result replaced by an error saying it was too large, errors without stacks."""
+    data = dict(event["data"])
+    trigger = data.get("event") or {}
+    data["event"] = {key: trigger[key] for key in ("name", "id", "ts") if key in trigger}
+    data["events"] = []
+    if "result" in data:
+        del data["result"]
+        data["error"] = {"name": "OutputTooLargeError", "stack": None,
+                         "message": "the run's result is too large to send in its end event"}
+    elif isinstance(data.get("error"), dict):
+        error = data["error"]
+        data["error"] = {"name": error.get("name"), "message": str(error.get("message"))[:1000], "stack": None}
+    return {**event, "data": data}
+
+
 def invoked_event(function_id: str, data: Any, correlation: str, user: Any = None) -> dict[str, Any]:
     """The event that starts an invoked run; its ``data`` is what the caller passed."""
     payload = dict(data) if isinstance(data, dict) else {}
