@@ -27,8 +27,8 @@ from steplog.engine.durations import Duration, parse_duration
 from steplog.engine.errors import StepError
 from steplog.engine.events import Event
 from steplog.engine.ids import StepKeys
-from steplog.engine.jsonvalues import NotJSONError, encode, size_of
 from steplog.engine.invocation import BRANCH, RUN_KIND, SEND_KIND, SLEEP_KIND, Branch, Invocation
+from steplog.engine.jsonvalues import NotJSONError, encode, size_of
 from steplog.engine.options import pause_expression, pause_timeout
 from steplog.engine.parallel import AsyncGroup, Group
 from steplog.engine.pauses import INVOKE_KIND, WAIT_KIND
