@@ -542,8 +542,9 @@ class Invocation:
             output = self._call(context)
         except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here
             return self._conclude(self._interrupt or self._task_suspension() or raised)
-        if self._interrupt is not None or self._suspended_tasks:
-            return self._conclude(self._interrupt or self._task_suspension())
+        pending = self._interrupt or self._task_suspension()
+        if pending is not None:
+            return self._conclude(pending)
         return self._complete(output)
 
     def _task_suspension(self) -> _Suspend | None:
