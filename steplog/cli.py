@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rebuild = command(
         "rebuild", cmd_rebuild, [as_json], help="rebuild the projections from the log",
-        description=f"Rebuild the projection tables ({", ".join(PROJECTION_TABLES)}) from the log and report"
+        description=f"Rebuild the projection tables ({', '.join(PROJECTION_TABLES)}) from the log and report"
         " every row where the live tables differed. Rebuilding locks the database for writes while it"
         " runs; prefer to run it while your app is stopped.",
     )
