@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -323,6 +324,12 @@ class SqliteEventStore(EventStore):
         with self._translated("read the last position"):
             row = self._reader().execute("SELECT max(position) FROM log").fetchone()
         return int(row[0] or 0)
+
+    def key_recorded(self, key: str, *, window_s: float | None, now: datetime) -> bool:
+        """As EventStore.key_recorded, on this thread's reader: it need not wait for a commit in flight."""
+        with self._translated("read an idempotency key"):
+            row = self._reader().execute("SELECT recorded_ts FROM idempotency_keys WHERE key = ?", (key,)).fetchone()
+        return row is not None and (window_s is None or now.timestamp() - row[0] < window_s)
 
     def read_stream(self, stream: str, *, after: int = 0) -> list[Entry]:
         with self._translated("read a stream"):

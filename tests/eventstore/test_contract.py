@@ -375,6 +375,15 @@ def test_a_key_is_accepted_again_after_its_window(store: EventStore, now: dateti
     assert [e.data["n"] for e in store.read_stream("s")] == [1, 3, 5]
 
 
+def test_key_recorded_answers_as_the_next_commit_would(store: EventStore, now: datetime) -> None:
+    assert not store.key_recorded("k", window_s=10, now=now)
+    store.commit([keyed("k", write("s"), window=10)], now=now)
+    assert store.key_recorded("k", window_s=10, now=now + timedelta(seconds=9.999))
+    assert not store.key_recorded("k", window_s=10, now=now + timedelta(seconds=10))
+    assert store.key_recorded("k", window_s=None, now=now + timedelta(days=3650))
+    assert not store.key_recorded("other", window_s=None, now=now)
+
+
 def test_a_key_without_a_window_is_a_duplicate_forever(store: EventStore, now: datetime) -> None:
     store.commit([keyed("k", write("s"), window=None)], now=now)
     [dup] = store.commit([keyed("k", write("s"), window=None)], now=now + timedelta(days=3650))
