@@ -21,7 +21,7 @@ import shlex
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -241,6 +241,20 @@ def open_reader(path: str) -> Iterator[SqliteEventStore]:
 
 
 @contextmanager
+def exclusive(path: str, hint: str) -> Iterator[None]:
+    """The database's engine lock, held while the block writes; CliError ending with ``hint`` if an engine has it."""
+    lock = DatabaseLock(path)
+    try:
+        lock.acquire()
+    except DatabaseInUseError as error:
+        raise CliError(f"{error}; {hint}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
 def open_writer(path: str) -> Iterator[SqliteEventStore]:
     """The database at ``path`` opened for writing (creating missing projection tables)."""
     check_database(path)
@@ -338,16 +352,9 @@ def cmd_cancel(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError("--status, --since, --until and --if select runs of --function; with a RUN_ID leave them out",
                        code=2)
     check_database(args.db)
-    lock = DatabaseLock(args.db)
-    try:
-        lock.acquire()
-    except DatabaseInUseError as error:
-        raise CliError(f"{error}; cancel from the running app (client.cancel), or stop it first") from None
-    try:
-        with open_writer(args.db) as store:
-            cancelled, ended = _cancel_runs(store, args)
-    finally:
-        lock.release()
+    with exclusive(args.db, "cancel from the running app (client.cancel), or stop it first"), \
+            open_writer(args.db) as store:
+        cancelled, ended = _cancel_runs(store, args)
     if args.json:
         return _print_json({"cancelled": cancelled, "already_ended": ended}, out)
     for run_id in cancelled:
@@ -382,20 +389,11 @@ def _cancel_runs(store: SqliteEventStore, args: argparse.Namespace) -> tuple[lis
 
 def cmd_rebuild(args: argparse.Namespace, out: TextIO) -> int:
     check_database(args.db)
-    lock = None
-    if not args.check:  # rewriting the projections under a running engine would confuse its caches
-        lock = DatabaseLock(args.db)
-        try:
-            lock.acquire()
-        except DatabaseInUseError as error:
-            raise CliError(f"{error}; stop it before `steplog rebuild`, or use --check") from None
-    try:
-        with open_writer(args.db) as store:
-            differences = store.rebuild_projections(apply=not args.check)
-            entries = store.last_position()
-    finally:
-        if lock is not None:
-            lock.release()
+    # rewriting the projections under a running engine would confuse its caches
+    locked = nullcontext() if args.check else exclusive(args.db, "stop it before `steplog rebuild`, or use --check")
+    with locked, open_writer(args.db) as store:
+        differences = store.rebuild_projections(apply=not args.check)
+        entries = store.last_position()
     if args.json:
         document = {
             "applied": bool(differences) and not args.check,
