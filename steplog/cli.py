@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command(
         "demo", cmd_demo, [], help="run the first-contact demo on a SQLite file",
-        description="Define three small functions, send some events, wait for the runs and show what"
-        " happened, all in a SQLite file you can then explore with the other commands.",
+        description="Define four small functions, send some events (one kind of run waits for a later event),"
+        " wait for the runs and show what happened, all in a SQLite file you can then explore with the other"
+        " commands.",
     )
     demo.add_argument("--events", type=_count_arg, default=2, metavar="N", help="how many orders to send (default 2)")
     return parser

@@ -1,8 +1,9 @@
-"""The first-contact demo: a tiny shop with three durable functions, on a SQLite file.
+"""The first-contact demo: a tiny shop with four durable functions, on a SQLite file.
 
     checkout   on shop/order.placed       reserve-stock -> charge-card -> send-receipt
                (the card charge of the first order times out once and is retried 1 s later)
     vip-gift   on shop/order.placed, if event.data.total >= 100 (a CEL expression)
+    ship-order on shop/order.placed       waits for shop/order.packed of the same order, then ships
     audit-log  on shop/* (a wildcard: every shop event)
 
 ``steplog demo`` runs it; ``create_client`` is also a plain example of defining functions.
@@ -22,10 +23,12 @@ import steplog
 from steplog.cli import CELL_WIDTH, check_database, duration_text, error_text, format_seconds, seconds_between, short
 
 ORDER_PLACED = "shop/order.placed"
+ORDER_PACKED = "shop/order.packed"
 CART_ABANDONED = "shop/cart.abandoned"
 VIP_EXPRESSION = "event.data.total >= 100"
 TOTALS = (42, 180, 65, 250, 19)
 DETAILED_EVENTS = 6
+SEND_BATCH = 1000
 WAIT_SECONDS = 60.0
 
 
@@ -43,7 +46,7 @@ def charge_card(order: dict[str, Any], attempt: int) -> dict[str, Any]:
 
 
 def create_client(db: str | Path, **options: Any) -> steplog.Steplog:
-    """A client on ``db`` with the demo's three functions defined."""
+    """A client on ``db`` with the demo's four functions defined."""
     client = steplog.Steplog(app_id="shop", db=db, **options)
 
     # Retry failed steps after a fixed 1 s (no jitter), up to 3 times, so the demo is quick.
@@ -67,6 +70,15 @@ def create_client(db: str | Path, **options: Any) -> steplog.Steplog:
         gift = ctx.step.run("pick-gift", lambda: "tote bag")
         note: str = ctx.step.run("send-note", lambda: f"thank-you note with a {gift} for {ctx.event.data['email']}")
         return note
+
+    @client.create_function(fn_id="ship-order", trigger=steplog.TriggerEvent(event=ORDER_PLACED))
+    def ship_order(ctx: steplog.Context) -> str:
+        # The run waits here, holding no thread, until the warehouse says this order is packed.
+        packed = ctx.step.wait_for_event("wait-for-packing", event=ORDER_PACKED, match="data.order_id", timeout="1m")
+        if packed is None:
+            return "not packed within a minute"
+        label: str = ctx.step.run("ship", lambda: f"shipped {packed.data['order_id']} from {packed.data['warehouse']}")
+        return label
 
     @client.create_function(fn_id="audit-log", trigger=steplog.TriggerEvent(event="shop/*"))
     def audit_log(ctx: steplog.Context) -> str:
@@ -93,6 +105,12 @@ def demo_events(orders: int, session: str) -> list[dict[str, Any]]:
     return events
 
 
+def packing_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The warehouse's "packed" event for each order sent (once per order, duplicates aside)."""
+    orders = dict.fromkeys(e["data"]["order_id"] for e in events if e["name"] == ORDER_PLACED)
+    return [{"name": ORDER_PACKED, "data": {"order_id": order, "warehouse": "north"}} for order in orders]
+
+
 # -- running it ------------------------------------------------------------------------------------
 
 
@@ -110,6 +128,7 @@ def run_demo(db: str, *, orders: int = 2, out: TextIO = sys.stdout) -> int:
     functions = [
         ("checkout", f"on {ORDER_PLACED}", "reserve-stock -> charge-card -> send-receipt"),
         ("vip-gift", f"on {ORDER_PLACED} if {VIP_EXPRESSION}", "pick-gift -> send-note"),
+        ("ship-order", f"on {ORDER_PLACED}", f"wait for {ORDER_PACKED} (same order_id) -> ship"),
         ("audit-log", "on shop/*", "record"),
     ]
     say("Functions:")
@@ -122,9 +141,16 @@ def run_demo(db: str, *, orders: int = 2, out: TextIO = sys.stdout) -> int:
     with client:
         sent: list[tuple[dict[str, Any], str]] = [(event, client.send(event)[0]) for event in events]
         handles = {internal_id: client.runs_for_event(internal_id) for _, internal_id in sent}
-        count = sum(len(h) for h in handles.values())
         say(f"Sent {len(events)} events: {orders} order{'s' if orders > 1 else ''}, an abandoned cart,"
             " and order-1 again with the same id.")
+        client.run_until_idle(WAIT_SECONDS)  # every ship-order run now waits for its packing event
+        packed = packing_events(events)
+        for start in range(0, len(packed), SEND_BATCH):
+            batch = packed[start:start + SEND_BATCH]
+            sent += list(zip(batch, client.send(batch)))
+        handles.update({internal_id: client.runs_for_event(internal_id) for _, internal_id in sent[-len(packed):]})
+        count = sum(len(h) for h in handles.values())
+        say(f"The ship-order runs wait for {ORDER_PACKED}; sent it for {len(packed)} order{'s' if len(packed) > 1 else ''}.")
         say(f"Waiting for {count} runs ...", end=" ")
         for handle in (h for hs in handles.values() for h in hs):
             if not handle.wait(WAIT_SECONDS):
@@ -134,7 +160,8 @@ def run_demo(db: str, *, orders: int = 2, out: TextIO = sys.stdout) -> int:
         say()
         histories = {h.run_id: client.run_history(h.run_id) for hs in handles.values() for h in hs}
     retried = _print_events(sent, handles, histories, say)
-    _print_explore(db, retried, say)
+    shipped = next((run_id for run_id, h in histories.items() if h.run["function_id"] == "ship-order"), None)
+    _print_explore(db, retried, shipped, say)
     return 0
 
 
@@ -186,12 +213,15 @@ def _print_run(history: Any, width: int, say: Any) -> bool:
     say(f"  {run['function_id']:<{width}}  {took:<20}  run {run['run_id']}")
     if run.get("error"):
         say(f"      {short(error_text(run['error']), CELL_WIDTH)}")
-    if all(step.status == "completed" and step.attempt == 0 for step in history.steps):
-        if history.steps:
-            say("      steps: " + ", ".join(step.step for step in history.steps))
+    ended = {step.step for step in history.steps if step.status in ("completed", "failed")}
+    # a wait or sleep that has ended is told by its completion alone
+    steps = [step for step in history.steps if step.status not in ("waiting", "sleeping") or step.step not in ended]
+    if all(step.status == "completed" and step.attempt == 0 for step in steps):
+        if steps:
+            say("      steps: " + ", ".join(step.step for step in steps))
         return False
-    step_width = max(len(step.step) for step in history.steps)
-    for step in history.steps:
+    step_width = max(len(step.step) for step in steps)
+    for step in steps:
         line = f"      {step.step:<{step_width}}  attempt {step.attempt + 1}  {step.status:<9}"
         if step.error is not None:
             line += "  " + short(error_text(step.error), CELL_WIDTH)
@@ -202,7 +232,7 @@ def _print_run(history: Any, width: int, say: Any) -> bool:
     return True
 
 
-def _print_explore(db: str, retried: str | None, say: Any) -> None:
+def _print_explore(db: str, retried: str | None, shipped: str | None, say: Any) -> None:
     path = shlex.quote(db)
     say(f"Everything above is recorded in {db}. Explore it:")
     commands = [
@@ -211,6 +241,8 @@ def _print_explore(db: str, retried: str | None, say: Any) -> None:
     ]
     if retried is not None:
         commands.append((f"steplog run {retried} --db {path}", "the checkout run whose charge was retried"))
+    if shipped is not None:
+        commands.append((f"steplog run {shipped} --db {path}", "a ship-order run: its wait and what matched it"))
     width = max(len(command) for command, _ in commands)
     for command, comment in commands:
         say(f"  {command:<{width}}   # {comment}")

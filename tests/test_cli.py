@@ -42,7 +42,7 @@ def as_json(*args: str | Path, cwd: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The demo run once (2 orders, an abandoned cart, a repeated order) into a fresh file."""
+    """The demo run once (2 orders, an abandoned cart, a repeated order, then each order packed) into a fresh file."""
     cwd = tmp_path_factory.mktemp("cli")
     db = cwd / "demo.db"
     done = steplog("demo", "--db", db, cwd=cwd)
@@ -75,6 +75,8 @@ def test_demo_shows_each_run_and_ends_with_commands_to_explore(demo: dict[str, A
     output, db = demo["output"], demo["db"]
     assert "ConnectionError: payment gateway timed out" in output
     assert "a duplicate, started nothing" in output
+    assert "The ship-order runs wait for shop/order.packed; sent it for 2 orders." in output
+    assert "# a ship-order run: its wait and what matched it" in output
     assert f"steplog runs --db {db}" in output
     match = re.search(rf"steplog run (\w+) --db {re.escape(str(db))}", output)
     assert match is not None, output
@@ -89,19 +91,22 @@ def test_events_newest_first_with_their_runs_and_duplicates_marked(
     cwd, db = demo["cwd"], demo["db"]
     run_by_id = {run["run_id"]: run for run in runs}
     assert [e["name"] for e in events] == [
-        "shop/order.placed", "shop/cart.abandoned", "shop/order.placed", "shop/order.placed"
+        "shop/order.packed", "shop/order.packed",
+        "shop/order.placed", "shop/cart.abandoned", "shop/order.placed", "shop/order.placed",
     ]
     assert [e["position"] for e in events] == sorted((e["position"] for e in events), reverse=True)
-    duplicate, cart, order2, order1 = events
+    packed2, packed1, duplicate, cart, order2, order1 = events
     assert duplicate["duplicate"] is True and duplicate["runs"] == []
     assert duplicate["id"] == order1["id"] and order1["duplicate"] is False
     started = {e["data"].get("order_id") or e["data"]["cart_id"]: sorted(run_by_id[r]["function_id"] for r in e["runs"])
                for e in (cart, order2, order1)}
     assert started == {
-        "order-1": ["audit-log", "checkout"],  # total 42: not a VIP order
-        "order-2": ["audit-log", "checkout", "vip-gift"],  # total 180: event.data.total >= 100
+        "order-1": ["audit-log", "checkout", "ship-order"],  # total 42: not a VIP order
+        "order-2": ["audit-log", "checkout", "ship-order", "vip-gift"],  # total 180: event.data.total >= 100
         "cart-1": ["audit-log"],  # only the shop/* wildcard matches
     }
+    assert [packed1["data"]["order_id"], packed2["data"]["order_id"]] == ["order-1", "order-2"]
+    assert [run_by_id[r]["function_id"] for e in (packed1, packed2) for r in e["runs"]] == ["audit-log"] * 2
     assert sorted(run_by_id) == sorted(r for e in events for r in e["runs"])
 
     only_carts = as_json("events", "--name", "shop/cart.abandoned", "--db", db, cwd=cwd)
@@ -114,7 +119,12 @@ def test_runs_filtered_by_function_status_and_event(
     demo: dict[str, Any], events: list[Any], runs: list[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     cwd, db = demo["cwd"], demo["db"]
-    assert {f: len(rs) for f, rs in by_function(runs).items()} == {"checkout": 2, "vip-gift": 1, "audit-log": 3}
+    assert {f: len(rs) for f, rs in by_function(runs).items()} == {
+        "checkout": 2, "vip-gift": 1, "ship-order": 2, "audit-log": 5
+    }
+    assert sorted(r["output"] for r in by_function(runs)["ship-order"]) == [
+        "shipped order-1 from north", "shipped order-2 from north"
+    ]
     assert all(run["status"] == "completed" for run in runs)
 
     checkout = as_json("runs", "--function", "checkout", "--db", db, cwd=cwd)
@@ -197,7 +207,7 @@ def test_db_from_the_environment(
     monkeypatch.setenv("STEPLOG_DB", str(demo["db"]))
     code, out, _ = in_process(capsys, "runs", "--json")
     assert code == 0
-    assert len(json.loads(out)) == 6
+    assert len(json.loads(out)) == 10
 
 
 def status_in(db: Path, run_id: str) -> str:
