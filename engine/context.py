@@ -308,6 +308,8 @@ class AsyncStep(_StepCore):
             outcome: tuple[bool, Any] = (True, value)
         except Exception as error:  # noqa: BLE001 - any error of the step body is the step's failure
             outcome = (False, error)
+        finally:
+            invocation.body_finished()
         return self._finish(key, step_id, started, outcome)
 
     def _enter_task(self) -> bool:
@@ -318,8 +320,9 @@ class AsyncStep(_StepCore):
         task = asyncio.current_task()
         if task is None or task is self._invocation.main_task:
             return False
-        BRANCH.set(Branch(explicit=False))
-        self._invocation.step_tasks.add(task)
+        branch = Branch(explicit=False)
+        BRANCH.set(branch)
+        self._invocation.step_tasks[task] = branch
         return True
 
 

@@ -188,7 +188,7 @@ class Coordinator:
         try:
             results = iter(self.committer(appends) if appends else [])
         except BaseException:
-            for item in planned:
+            for item in reversed(planned):  # in reverse: a later item's undo may restore what an earlier one added
                 if not isinstance(item, Exception):
                     item.undo()
             raise

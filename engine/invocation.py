@@ -136,8 +136,9 @@ class Invocation:
         self.registry = registry
         self._lock = threading.RLock()
         self.main_task: Any = None
-        self.step_tasks: set[Any] = set()
-        """The asyncio tasks that took steps (gathered, or branches): the invocation waits for them."""
+        self.step_tasks: dict[Any, Branch] = {}
+        """The asyncio tasks that took steps (gathered, or branches), with their branches."""
+        self._body_done: asyncio.Event | None = None
         self._suspended_tasks: list[_Suspend] = []
         """Suspensions of asyncio.gather tasks: the run waits even if the function's code goes on."""
         self._pending_start = not state.started
@@ -245,11 +246,10 @@ class Invocation:
         """The earliest time the run must be woken: its pending sleeps, waits, and finish timeout."""
         done = {entry.data["step"] for entry in self._deferred}
         pending = self.state.pending_deadlines if not done else self.state.pending_deadlines_except(done)
-        now = self.clock.now()
-        # a deadline already past that this invocation did not complete is not reached by the code
+        # a deadline already past when this invocation began, and not completed, is not reached by the code
         # (it changed, or the step is behind another branch's wait): waking for it again at once
         # would only spin
-        times = [*candidates, *(t for t in map(parse_time, pending) if t > now)]
+        times = [*candidates, *(t for t in map(parse_time, pending) if t > self._began)]
         deadline = self._finish_deadline()
         if deadline is not None:
             times.append(deadline)
@@ -579,9 +579,34 @@ class Invocation:
             await self._step_tasks_done()  # gathered tasks go on (and commit) until each finishes or suspends
 
     async def _step_tasks_done(self) -> None:
-        # only tasks that took steps: a helper task of the user's (a heartbeat) is left to asyncio.run
-        while pending := [task for task in self.step_tasks if not task.done()]:
-            await asyncio.gather(*pending, return_exceptions=True)
+        """Let the tasks that took steps go on until none is in a step body and none can take another
+        step without the function's own code, which has ended; then cancel what is left.
+
+        A task in a step body is waited for, so that its result is committed rather than lost. A task
+        waiting for something only the ended code would give it (an event, a queue) is cancelled;
+        its next steps run at the run's next invocation.
+        """
+        self._body_done = asyncio.Event()
+        quiet_passes = 0
+        while quiet_passes < QUIET_PASSES:
+            live = [(task, branch) for task, branch in self.step_tasks.items() if not task.done()]
+            if not live:
+                return
+            if any(branch.in_step for _, branch in live):
+                self._body_done.clear()
+                await self._body_done.wait()
+                quiet_passes = 0
+                continue
+            await asyncio.sleep(0)  # one turn of the loop: a runnable task takes its next step or ends
+            quiet_passes += 1
+        for task, _ in live:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in live), return_exceptions=True)
+
+    def body_finished(self) -> None:
+        """An async step body ended (called on the event loop's thread)."""
+        if self._body_done is not None:
+            self._body_done.set()
 
     def _suspend(self, wake_at: datetime) -> Outcome:
         wake = self.next_wake(wake_at)
@@ -643,6 +668,7 @@ class Invocation:
         return Outcome("waiting", wake_at=wake)
 
 
+QUIET_PASSES = 3
 _SCALARS = (str, int, float, bool, type(None))
 
 

@@ -66,7 +66,7 @@ class AsyncGroup:
             BRANCH.set(branch)
             task = asyncio.current_task()
             if task is not None:
-                self._invocation.step_tasks.add(task)
+                self._invocation.step_tasks[task] = branch
             try:
                 value = call()
                 results[index] = await value if inspect.isawaitable(value) else value

@@ -7,7 +7,7 @@
 | queue  | run_id      | runs scheduled and not yet started, in order, with when they are ready |
 | timers | run_id      | runs waiting for a time (retry backoff, a sleep, a wait's timeout, a signal), with when they are due |
 | waits  | run_id, step | pauses: runs listening for an event (waits, invokes, cancel rules)  |
-| wakeups| run_id      | runs sent a signal (a wait resolved, a cancel) that no invocation has begun after |
+| wakeups| run_id      | runs sent a signal (a wait resolved, a cancel) since they were last woken for one, until they end |
 
 Steps change no projection: the step path writes one log row and nothing else. The runs table
 counts a run's steps when it ends.
@@ -127,7 +127,9 @@ def _started(entry: Entry, run_id: str) -> list[Change]:
 
 def _resumed(entry: Entry, run_id: str) -> list[Change]:
     run = {"run_id": run_id, "status": "running", "updated_at": entry.recorded_at}
-    return [Upsert("runs", run), Delete("timers", {"run_id": run_id}), Delete("wakeups", {"run_id": run_id})]
+    # not the wakeups row: a signal may have landed after this invocation read the run's state
+    # (run.resumed is written with its first commit); a restart wakes the run once more, harmlessly
+    return [Upsert("runs", run), Delete("timers", {"run_id": run_id})]
 
 
 def _sleeping(entry: Entry, run_id: str) -> list[Change]:
