@@ -19,9 +19,7 @@ from steplog.actors.activity import Activity
 from steplog.actors.base import Actor
 from steplog.actors.messages import Reply, StartRun
 from steplog.engine import Engine
-from steplog.engine.coordination import Accepted, Answer, Done, Request
-from steplog.engine.routing import ScheduledRun
-from steplog.engine.state import RunState
+from steplog.engine.coordination import Accepted, Answer, Request, accepted_of
 
 
 @attrs.frozen
@@ -66,15 +64,15 @@ class EventRouter(Actor):
             self._answer(message, answer)
 
     def _answer(self, message: Coordinate, answer: Answer) -> None:
-        accepted = answer.accepted if isinstance(answer, Done) else answer
-        if isinstance(accepted, Accepted):
+        accepted = accepted_of(answer)
+        if accepted is not None:
             self._start(accepted)
         message.reply.set(answer)  # an Exception too: the asker decides whether to raise it
 
     def _start(self, accepted: Accepted) -> None:
         self._activity.begin(len(accepted.runs) + len(accepted.wakes))
         for run in accepted.runs:
-            self._supervisor(run.function_id).tell(StartRun(run.run_id, _fresh_state(run)))
+            self._supervisor(run.function_id).tell(StartRun(run.run_id, run.fresh_state()))
         for run_id, function_id in accepted.wakes:
             self._supervisor(function_id).tell(StartRun(run_id))
 
@@ -92,8 +90,3 @@ class _Unsupervised:
     def tell(self, _message: Any) -> None:
         self._activity.end()
 
-
-def _fresh_state(run: ScheduledRun) -> RunState:
-    state = RunState(run.run_id)
-    state.apply(run.entry.type, run.entry.data)
-    return state

@@ -118,6 +118,12 @@ class Done:
 Answer = Accepted | Done | Exception
 
 
+def accepted_of(answer: Answer) -> Accepted | None:
+    """The events an answer accepted (a send's, or those sent with a wait or a run's end), if any."""
+    accepted = answer.accepted if isinstance(answer, Done) else answer
+    return accepted if isinstance(accepted, Accepted) else None
+
+
 @attrs.define
 class _Planned:
     appends: list[Append]
@@ -223,9 +229,10 @@ class Coordinator:
         received = prepare_events(events, now=now, limits=self._limits(internal), allow_reserved=internal)
         routed: list[Routed] = []
         effects = _Effects()
+        functions = self.registry.all()
         for item in received:
             duplicate = self._seen(item, batch, now)
-            one = route(item, self.registry.all(), now, duplicate=duplicate)
+            one = route(item, functions, now, duplicate=duplicate)
             if not duplicate:
                 signals = self._resolve(one, batch, effects, now)
                 if signals:  # in the event's own append: the event and what it resumed, or neither
@@ -291,26 +298,11 @@ class Coordinator:
         return tuple(writes)
 
     def _plan_wait(self, request: RegisterWait, batch: _Batch, now: datetime) -> _Planned:
-        run_write = StreamWrite(r.run_stream(request.run_id), request.entries, request.expected_version)
-        sent = self._plan_send(list(request.events), True, batch, now) if request.events else None
         self.pauses.add(request.pause)
-        appends = [Append((run_write,))] + (sent.appends if sent else [])
-        # the run's entry and the events it sends are one append: both or neither
-        merged = Append(tuple(write for append in appends for write in append.writes))
-
-        def finish(results: list[Committed | ConcurrencyError]) -> Answer:
-            [result] = results
-            if isinstance(result, ConcurrencyError):
-                return StaleRunError(str(result))
-            accepted = sent.finish([result] * len(sent.appends)) if sent else None
-            return Done(accepted=accepted if isinstance(accepted, Accepted) else None)
-
-        def undo() -> None:
-            self.pauses.remove(request.pause.run_id, request.pause.step)
-            if sent is not None:
-                sent.undo()
-
-        return _Planned([merged], finish, undo)
+        return self._run_with_events(
+            request.run_id, request.entries, request.expected_version, request.events, batch, now,
+            undo=lambda: self.pauses.remove(request.pause.run_id, request.pause.step),
+        )
 
     def _plan_expiry(self, request: ExpireWait, batch: _Batch) -> _Planned:
         key = (request.run_id, request.step)
@@ -344,26 +336,39 @@ class Coordinator:
         return _Planned([Append((write,))], finish)
 
     def _plan_end(self, request: EndRun, batch: _Batch, now: datetime) -> _Planned:
-        run_write = StreamWrite(r.run_stream(request.run_id), request.entries, request.expected_version)
-        wanted = [event for event in request.events if self.listens_for(event["name"])]
-        sent = self._plan_send(wanted, True, batch, now) if wanted else None
         released = self.pauses.remove_run(request.run_id)
-        writes = (run_write,) + tuple(w for append in (sent.appends if sent else []) for w in append.writes)
+        wanted = tuple(event for event in request.events if self.listens_for(event["name"]))
+        return self._run_with_events(
+            request.run_id, request.entries, request.expected_version, wanted, batch, now,
+            undo=lambda: self.pauses.add_all(released),
+            done=lambda: self.cancelling.pop(request.run_id, None),
+        )
+
+    def _run_with_events(
+        self, run_id: str, entries: tuple[NewEntry, ...], expected_version: int,
+        events: tuple[dict[str, Any], ...], batch: _Batch, now: datetime, *,
+        undo: Callable[[], Any], done: Callable[[], Any] = lambda: None,
+    ) -> _Planned:
+        """A run's entries and the events they send as one append: both or neither. A stale run
+        (another invocation wrote first) is answered with StaleRunError."""
+        run_write = StreamWrite(r.run_stream(run_id), entries, expected_version)
+        sent = self._plan_send(list(events), True, batch, now) if events else None
+        writes = (run_write,) + tuple(write for append in (sent.appends if sent else []) for write in append.writes)
 
         def finish(results: list[Committed | ConcurrencyError]) -> Answer:
             [result] = results
             if isinstance(result, ConcurrencyError):
                 return StaleRunError(str(result))
-            self.cancelling.pop(request.run_id, None)
+            done()
             accepted = sent.finish([result] * len(sent.appends)) if sent else None
             return Done(accepted=accepted if isinstance(accepted, Accepted) else None)
 
-        def undo() -> None:
-            self.pauses.add_all(released)
+        def undo_all() -> None:
+            undo()
             if sent is not None:
                 sent.undo()
 
-        return _Planned([Append(writes)], finish, undo)
+        return _Planned([Append(writes)], finish, undo_all)
 
 
 _UNRESOLVED = object()

@@ -303,19 +303,26 @@ class Invocation:
 
     def _coordinated(self, make: Callable[[list[NewEntry]], Request], entries: Sequence[NewEntry]) -> Answer:
         """Commit run entries through the coordinator (ordered with events); StaleRunError stops the run."""
-        if self.coordinate is None:
-            raise self.abort("UnsupportedStepError", "this engine has no coordinator for waits and events")
         with self._lock:
             batch = self._prefixed(entries)
-            try:
-                answer = self.coordinate(make(batch))
-            except Exception as error:
-                raise self._interrupted(_HostFailure(error)) from error
-            if isinstance(answer, Exception) and not isinstance(answer, EngineError):
-                raise self._interrupted(_HostFailure(answer))
+            answer = self._ask(make(batch))
             if not isinstance(answer, Exception):
                 self._applied(batch)
             return answer
+
+    def _ask(self, request: Request) -> Answer:
+        """The coordinator's answer; one an engine error (a bad event) is returned, any other failure
+        (the store, a stale run) stops the invocation. Parallel branches ask one at a time."""
+        if self.coordinate is None:
+            raise self.abort("UnsupportedStepError", "this engine has no coordinator for waits and events")
+        with self._lock:
+            try:
+                answer = self.coordinate(request)
+            except Exception as error:
+                raise self._interrupted(_HostFailure(error)) from error
+        if isinstance(answer, Exception) and not isinstance(answer, EngineError):
+            raise self._interrupted(_HostFailure(answer))
+        return answer
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -412,19 +419,12 @@ class Invocation:
         replay after a crash between the send and the step's commit is deduplicated (24 h).
         """
         started = self.clock.now()
-        if self.coordinate is None:
-            raise self.abort("UnsupportedStepError", "this engine has no way to send events")
         stamped = [{**event, "id": event.get("id") or f"{self.state.run_id}:{key}:{index}"}
                    for index, event in enumerate(events)]
-        try:
-            with self._lock:  # parallel branches reach the coordinator one at a time
-                answer = self.coordinate(SendEvents(stamped))
-        except Exception as error:
-            raise self._interrupted(_HostFailure(error)) from error
-        if isinstance(answer, (ValueError, TypeError)):  # a bad event: no retry can fix it
+        answer = self._ask(SendEvents(stamped))
+        if isinstance(answer, Exception):  # a bad event: no retry can fix it
             self.record_failure(key, step_id, SEND_KIND, NonRetriableError(str(answer)), started)
-        if not isinstance(answer, Accepted):
-            raise self._interrupted(_HostFailure(answer if isinstance(answer, Exception) else TypeError(answer)))
+        assert isinstance(answer, Accepted)
         return self.record_output(key, step_id, SEND_KIND, list(answer.ids), started)
 
     # -- waits and invokes -------------------------------------------------------------------------
@@ -450,14 +450,8 @@ class Invocation:
         return result, started
 
     def _expire(self, key: str) -> Any:
-        assert self.coordinate is not None
-        try:
-            with self._lock:
-                answer = self.coordinate(ExpireWait(self.state.run_id, key))
-        except Exception as error:
-            raise self._interrupted(_HostFailure(error)) from error
-        if not isinstance(answer, Done):
-            raise self._interrupted(_HostFailure(answer if isinstance(answer, Exception) else TypeError(answer)))
+        answer = self._ask(ExpireWait(self.state.run_id, key))
+        assert isinstance(answer, Done)
         return answer.value
 
     def _register(
@@ -638,7 +632,7 @@ class Invocation:
 
     def _end(self, status: str, entry: NewEntry, *, output: Any = None, error: Any = None) -> None:
         """Record the run's end; with its end events and releasing its pauses, through the coordinator, if needed."""
-        release = self.state.listeners + list(self.state.waits)
+        release = self.state.open_pauses
         if release:
             entry = NewEntry(entry.type, {**entry.data, "release": release})
         announce = correlation_id(self.state) is not None or any(self._listens_for(n) for n in END_EVENTS[status])

@@ -20,6 +20,7 @@ from steplog.engine.expressions import ExpressionError
 from steplog.engine.functions import FunctionDef
 from steplog.engine.ids import new_ulid
 from steplog.engine.pauses import CANCEL_KIND, Pause, make_pause
+from steplog.engine.state import RunState
 from steplog.engine.system_events import invoked_function
 from steplog.eventstore import Append, NewEntry, StreamWrite, format_time
 
@@ -37,6 +38,12 @@ class ScheduledRun:
     """The internal id of the event that starts it."""
     pauses: tuple[Pause, ...] = ()
     """Its cancel rules, listening from now on."""
+
+    def fresh_state(self) -> RunState:
+        """The run's state as its one entry makes it: what its first invocation needs, without a read."""
+        state = RunState(self.run_id)
+        state.apply(self.entry.type, self.entry.data)
+        return state
 
 
 @attrs.frozen

@@ -28,6 +28,7 @@ from steplog.engine.coordination import (
     Request,
     SendEvents,
     StaleRunError,
+    accepted_of,
 )
 from steplog.engine.errors import FunctionNotFoundError, RunNotFoundError
 from steplog.engine.functions import FunctionRegistry
@@ -82,6 +83,8 @@ class Engine:
         self._ready: deque[str] = deque()
         self._timers: list[tuple[datetime, str]] = []
         self._due: dict[str, datetime] = {}
+        self._fresh: dict[str, RunState] = {}
+        """Runs just scheduled and not yet invoked: their first invocation needs no read of the log."""
 
     def _commit_directly(self, appends: Sequence[Append]) -> list[Committed | ConcurrencyError]:
         return self.store.commit(appends, now=self.clock.now())
@@ -92,8 +95,9 @@ class Engine:
         return answer
 
     def _take_wakes(self, answer: Answer) -> None:
-        accepted = answer.accepted if isinstance(answer, Done) else answer
-        if isinstance(accepted, Accepted):
+        accepted = accepted_of(answer)
+        if accepted is not None:
+            self._fresh.update((run.run_id, run.fresh_state()) for run in accepted.runs)
             self._ready.extend(run.run_id for run in accepted.runs)
             self._ready.extend(run_id for run_id, _ in accepted.wakes)
 
@@ -156,7 +160,7 @@ class Engine:
         if state.finished:
             return
         info = {"name": type(error).__name__, "message": f"the engine could not run this run: {error}", "stack": None}
-        release = state.listeners + list(state.waits)
+        release = state.open_pauses
         entry = NewEntry(r.RUN_FAILED, {"error": info, "at": format_time(self.clock.now()), "release": release})
         events = tuple(end_events(state, "failed", error=info))
         answer = self.coordinate(EndRun(run_id, state.version, (entry,), events))
@@ -220,7 +224,7 @@ class Engine:
             if not self._ready:
                 return count
             run_id = self._ready.popleft()
-            outcome = self.invoke(run_id)
+            outcome = self.invoke(run_id, self._fresh.pop(run_id, None))
             count += 1
             self._arm(run_id, outcome.wake_at)
 

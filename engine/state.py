@@ -54,6 +54,11 @@ class RunState:
     started_at: str | None = None
 
     @property
+    def open_pauses(self) -> list[str]:
+        """The steps of the run's pauses still listening (cancel rules, unfinished waits): its end releases them."""
+        return self.listeners + list(self.waits)
+
+    @property
     def pending_deadlines(self) -> list[str]:
         """The times at which pending sleeps end and pending waits expire."""
         return self.pending_deadlines_except(frozenset())
