@@ -9,7 +9,7 @@ from steplog.engine import RunFailedError, queries
 if TYPE_CHECKING:
     from steplog.actors.runtime import Steplog
 
-FINISHED = ("completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled", "skipped")
 
 
 class RunHandle:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +57,20 @@ class StartRun:
     run_id: str
     state: Any = None
     """The run's state when the sender already has it (a run just scheduled); else it is read from the log."""
+
+
+@attrs.frozen
+class Admitted:
+    """Supervisor: admission gave this waiting run its slots (another function's run released them)."""
+
+    run_id: str
+
+
+@attrs.frozen
+class SetFlowTarget:
+    """Timer: whom to tell when the flow gate's next debounce or batch is due."""
+
+    target: Callable[[], None]
 
 
 @attrs.frozen

@@ -11,15 +11,17 @@ the supervisors of their functions.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import attrs
 import pykka
 from steplog.actors.activity import Activity
 from steplog.actors.base import Actor
-from steplog.actors.messages import Reply, StartRun
+from steplog.actors.messages import Arm, Disarm, Reply, SetFlowTarget, StartRun
+from steplog.actors.timer import FLOW_TIMER
 from steplog.engine import Engine
-from steplog.engine.coordination import Accepted, Answer, Request, accepted_of
+from steplog.engine.coordination import Accepted, Answer, FireDue, Request, accepted_of
 
 
 @attrs.frozen
@@ -33,12 +35,31 @@ class Coordinate:
 class EventRouter(Actor):
     """Runs the coordinator and starts the runs its answers schedule or wake."""
 
-    def __init__(self, engine: Engine, supervisors: Mapping[str, pykka.ActorRef[Any]], activity: Activity) -> None:
+    def __init__(
+        self, engine: Engine, supervisors: Mapping[str, pykka.ActorRef[Any]], activity: Activity,
+        timer: pykka.ActorRef[Any] | None = None,
+    ) -> None:
         super().__init__()
         self._engine = engine
         self._supervisors = supervisors
         self._activity = activity
+        self._timer = timer
+        self._flow_due: datetime | None = None
         self._pending: list[Coordinate] = []
+
+    def on_start(self) -> None:
+        if self._timer is not None:
+            ref = self.actor_ref
+            self._timer.tell(SetFlowTarget(lambda: ref.tell(Coordinate(FireDue(), Reply()))))
+            self._arm_flow()
+
+    def _arm_flow(self) -> None:
+        """Keep the timer armed for the flow gate's next debounce or batch."""
+        due = self._engine.coordinator.next_due()
+        if self._timer is None or due == self._flow_due:
+            return
+        self._flow_due = due
+        self._timer.tell(Arm(due, FLOW_TIMER, FLOW_TIMER) if due is not None else Disarm(FLOW_TIMER))
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Coordinate):
@@ -62,6 +83,10 @@ class EventRouter(Actor):
             answers = [error] * len(pending)
         for message, answer in zip(pending, answers):
             self._answer(message, answer)
+            if isinstance(message.request, FireDue):
+                self._flow_due = None  # the timer forgot it when it fired
+                self._activity.end()
+        self._arm_flow()
 
     def _answer(self, message: Coordinate, answer: Answer) -> None:
         accepted = accepted_of(answer)

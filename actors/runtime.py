@@ -27,6 +27,7 @@ from steplog.actors.handle import RunHandle
 from steplog.actors.messages import Arm, ArmAll, Reply, StartRun, Tick
 from steplog.actors.router import Coordinate, EventRouter
 from steplog.actors.run import WorkerPool
+from steplog.actors.slots import Slots
 from steplog.actors.supervisor import FunctionSupervisor
 from steplog.actors.timer import Ticker, TimerActor
 from steplog.actors.writer import StoreWriter, commit_through
@@ -48,6 +49,16 @@ from steplog.engine import (
     queries,
 )
 from steplog.engine.coordination import Accepted, Answer, CancelRun, Done, Request, SendEvents
+from steplog.engine.flow import (
+    Batch,
+    Concurrency,
+    Debounce,
+    FlowOptions,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
 from steplog.engine.service import EventInput
 from steplog.eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
 
@@ -124,18 +135,35 @@ class Steplog:
         cancel: Sequence[Cancel] | None = None,
         timeouts: Timeouts | None = None,
         on_failure: Callable[..., Any] | None = None,
+        concurrency: Concurrency | int | Sequence[Concurrency] | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        batch_events: Batch | None = None,
+        priority: Priority | None = None,
+        singleton: Singleton | None = None,
+        idempotency: str | None = None,
     ) -> Callable[[Callable[..., Any]], FunctionDef]:
         """Decorator that defines a durable function, as Inngest's ``create_function``.
 
         ``cancel``: up to 5 ``Cancel`` rules (an event that cancels a run); ``timeouts``:
         ``Timeouts(start=..., finish=...)``; ``on_failure``: a handler run once after a run's final
         failure, as the function ``<fn_id>-failure`` triggered by ``inngest/function.failed``.
+
+        Flow control, as in Inngest: ``concurrency`` (up to 2 ``Concurrency`` limits on executing
+        runs, per key), ``throttle`` (run starts per period, queued), ``rate_limit`` (runs per period,
+        the rest skipped), ``debounce``, ``batch_events``, ``priority``, ``singleton`` and
+        ``idempotency`` (a CEL key: one run per value per 24 hours). See docs/flow-control.md.
         """
+        flow = FlowOptions(
+            concurrency=concurrency, throttle=throttle, rate_limit=rate_limit, debounce=debounce,
+            batch_events=batch_events, priority=priority, singleton=singleton, idempotency=idempotency,
+        )
 
         def decorate(handler: Callable[..., Any]) -> FunctionDef:
             function = define_function(
                 handler, fn_id=fn_id, trigger=trigger, name=name, retries=retries, cancel=cancel,
-                timeouts=timeouts, on_failure=on_failure,
+                timeouts=timeouts, on_failure=on_failure, flow=flow,
             )
             if self._started:
                 raise DefinitionError(
@@ -178,14 +206,17 @@ class Steplog:
         )
         self._engine.coordinate = self._coordinate  # waits, sends and announced ends go through the router
         self._engine.coordinator.load_pauses()
+        self._engine.coordinator.load_flow(self.clock.now())
         self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
         timer = TimerActor.start(self.clock, self._activity, self._supervisors)
         self._pool = WorkerPool(self._engine, self._activity, self._max_workers)
+        self.slots = Slots()
         for function in self.registry.all():
             self._supervisors[function.id] = FunctionSupervisor.start(
-                function.id, self._engine, timer, self._pool, self._activity, self._storage_failed, self._max_active
+                function.id, self._engine, timer, self._pool, self._activity, self._storage_failed, self._max_active,
+                self.slots, self._supervisors,
             )
-        self._router = EventRouter.start(self._engine, self._supervisors, self._activity)
+        self._router = EventRouter.start(self._engine, self._supervisors, self._activity, timer)
         self._timer = timer
         self._actors = [self._router, *self._supervisors.values(), timer, writer]
         self._start_clock(timer)
@@ -339,9 +370,11 @@ class Steplog:
 
     def _remember_runs(self, accepted: Any) -> None:
         # runs_for_event right after a send is the common path; it need not query the store.
-        started: dict[str, list[str]] = {event_id: [] for event_id in accepted.ids}
-        for run in accepted.runs:
-            started.setdefault(run.event_id, []).append(run.run_id)
+        held = set(accepted.held)  # a debounce or batch may start a run with these later: not final
+        started: dict[str, list[str]] = {event_id: [] for event_id in accepted.ids if event_id not in held}
+        for run in accepted.runs + accepted.skipped:
+            if run.event_id not in held:
+                started.setdefault(run.event_id, []).append(run.run_id)
         with self._recent_lock:
             self._recent_runs.update(started)
             while len(self._recent_runs) > RECENT_SENDS:

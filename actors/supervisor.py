@@ -1,5 +1,10 @@
-"""One supervisor per function: starts its runs on the worker pool, keeps at most ``max_active``
-of them executing, hands suspended runs to the timer, and restarts a run that crashed.
+"""One supervisor per function: starts its runs on the worker pool when admission lets them (at
+most ``max_active`` of them executing, and the function's concurrency limits), hands suspended
+runs to the timer, and restarts a run that crashed.
+
+A run holds its slots for one invocation: from the moment it is admitted until the invocation
+ends (or crashes). A run whose start time has not come (throttle, an event's future ``ts``) is
+armed on the timer without taking a slot.
 
 A crashed run never stops the engine: the supervisor restarts the run from the log, up to
 ``MAX_RESTARTS`` times, and then fails the run with the error, so that it stays visible.
@@ -8,20 +13,21 @@ A crashed run never stops the engine: the supervisor restarts the run from the l
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pykka
 from steplog.actors.activity import Activity
 from steplog.actors.base import Actor
-from steplog.actors.messages import Arm, ArmAll, Disarm, RunCrashed, RunEnded, StartRun
+from steplog.actors.messages import Admitted, Arm, ArmAll, Disarm, RunCrashed, RunEnded, StartRun
 from steplog.actors.run import ExecuteRun, WorkerPool
+from steplog.actors.slots import Slots
 from steplog.engine import Engine
 from steplog.engine.coordination import StaleRunError
+from steplog.engine.flow import Constraint
 from steplog.engine.invocation import Outcome
 from steplog.engine.state import RunState
-from steplog.eventstore import StorageError
+from steplog.eventstore import StorageError, parse_time
 
 MAX_RESTARTS = 3
 log = logging.getLogger("steplog.supervisor")
@@ -39,6 +45,8 @@ class FunctionSupervisor(Actor):
         activity: Activity,
         on_storage_failure: Callable[[StorageError], None],
         max_active: int,
+        slots: Slots | None = None,
+        supervisors: Mapping[str, pykka.ActorRef[Any]] | None = None,
     ) -> None:
         super().__init__()
         self._function_id = function_id
@@ -47,10 +55,17 @@ class FunctionSupervisor(Actor):
         self._pool = pool
         self._activity = activity
         self._on_storage_failure = on_storage_failure
-        self._max_active = max_active
+        self._slots = slots or Slots()
+        self._supervisors = supervisors or {}
+        function = engine.registry.get(function_id)
+        self._rules = function.flow.concurrency if function is not None else ()
+        self._ranked = function is not None and function.flow.priority is not None
+        self._own_limit: Constraint = (f"max:{function_id}", max_active)
         self._active: set[str] = set()
-        self._waiting: deque[StartRun] = deque()
-        self._queued: set[str] = set()
+        self._states: dict[str, RunState | None] = {}
+        """Runs waiting for a slot, with their state if known."""
+        self._flows: dict[str, dict[str, Any]] = {}
+        """The flow data (concurrency keys, priority) of this function's live runs, when it has rules."""
         self._restarts: dict[str, int] = {}
         self._rewake: set[str] = set()
         self._armed: set[str] = set()
@@ -66,32 +81,71 @@ class FunctionSupervisor(Actor):
     def _handle(self, message: Any) -> None:
         if isinstance(message, StartRun):
             self._admit(message)
+        elif isinstance(message, Admitted):
+            self._start(message.run_id, self._states.pop(message.run_id, None))
         elif isinstance(message, ArmAll):  # recovery's timers pass here, so that the run's end disarms them
             for arm in message.arms:
-                self._armed.add(arm.run_id)
-                self._timer.tell(arm)
+                self._arm(arm)
         elif isinstance(message, RunEnded):
             self._ended(message.run_id, message.outcome)
         elif isinstance(message, RunCrashed):
             self._crashed(message.run_id, message.error)
 
     def _admit(self, request: StartRun) -> None:
-        if request.run_id in self._active:
-            self._rewake.add(request.run_id)
+        run_id, state = request.run_id, request.state
+        if run_id in self._active:
+            self._rewake.add(run_id)
             self._activity.end()
             return
-        if request.run_id in self._queued:
+        if run_id in self._states:
             self._activity.end()
             return
-        self._waiting.append(request)
-        self._queued.add(request.run_id)
-        self._start_waiting()
+        ready_at = self._not_ready_until(state)
+        if ready_at is not None:  # throttled, or an event from the future: it takes no slot until then
+            self._arm(Arm(ready_at, run_id, self._function_id))
+            self._activity.end()
+            return
+        self._offer(run_id, state)
 
-    def _start_waiting(self) -> None:
-        while self._waiting and len(self._active) < self._max_active:
-            request = self._waiting.popleft()
-            self._queued.discard(request.run_id)
-            self._start(request.run_id, request.state)
+    def _not_ready_until(self, state: RunState | None) -> Any:
+        if state is None or state.started or state.ready_at is None:
+            return None
+        ready_at = parse_time(state.ready_at)
+        return ready_at if ready_at > self._engine.clock.now() else None
+
+    def _offer(self, run_id: str, state: RunState | None) -> None:
+        constraints, priority = self._constraints(run_id, state)
+        rank = self._engine.clock.now().timestamp() - priority
+        if self._slots.offer(run_id, self._function_id, constraints, rank):
+            self._start(run_id, state)
+        else:
+            self._states[run_id] = state
+
+    def _constraints(self, run_id: str, state: RunState | None) -> tuple[tuple[Constraint, ...], float]:
+        if not self._rules and not self._ranked:
+            return (self._own_limit,), 0.0
+        flow = self._flow_of(run_id, state)
+        keys = flow.get("concurrency", [])
+        constraints = (self._own_limit, *((key, rule.limit) for key, rule in zip(keys, self._rules)))
+        return constraints, float(flow.get("priority", 0))
+
+    def _flow_of(self, run_id: str, state: RunState | None) -> dict[str, Any]:
+        flow = self._flows.get(run_id)
+        if flow is None:
+            flow = state.flow if state is not None else self._engine.run_flow(run_id)
+            self._flows[run_id] = flow
+        return flow
+
+    def _release(self, run_id: str) -> None:
+        for owner, admitted in self._slots.release(run_id):
+            if owner == self._function_id:
+                self._start(admitted, self._states.pop(admitted, None))
+            elif owner in self._supervisors:
+                self._supervisors[owner].tell(Admitted(admitted))
+
+    def _arm(self, arm: Arm) -> None:
+        self._armed.add(arm.run_id)
+        self._timer.tell(arm)
 
     def _start(self, run_id: str, state: RunState | None) -> None:
         self._active.add(run_id)
@@ -102,21 +156,22 @@ class FunctionSupervisor(Actor):
         self._restarts.pop(run_id, None)
         rewake = run_id in self._rewake
         self._rewake.discard(run_id)
+        self._release(run_id)
         if outcome.wake_at is not None:
+            self._arm(Arm(outcome.wake_at, run_id, self._function_id))
             if rewake:
                 self._activity.begin()
-                self._waiting.append(StartRun(run_id))
-                self._queued.add(run_id)
-            self._timer.tell(Arm(outcome.wake_at, run_id, self._function_id))
-            self._armed.add(run_id)
-        elif run_id in self._armed:  # it ended: a timer left for it (a wait's timeout) must not wake it
-            self._armed.discard(run_id)
-            self._timer.tell(Disarm(run_id))
+                self._offer(run_id, None)
+        else:
+            self._flows.pop(run_id, None)
+            if run_id in self._armed:  # it ended: a timer left for it (a wait's timeout) must not wake it
+                self._armed.discard(run_id)
+                self._timer.tell(Disarm(run_id))
         self._activity.end()
-        self._start_waiting()
 
     def _crashed(self, run_id: str, error: BaseException) -> None:
         self._active.discard(run_id)
+        self._release(run_id)
         if isinstance(error, StorageError):
             self._on_storage_failure(error)
             self._activity.end()
@@ -125,15 +180,15 @@ class FunctionSupervisor(Actor):
             self._activity.end()
         else:
             self._restart_or_fail(run_id, error)
-        self._start_waiting()
 
     def _restart_or_fail(self, run_id: str, error: BaseException) -> None:
         restarts = self._restarts.get(run_id, 0) + 1
         self._restarts[run_id] = restarts
         if restarts <= MAX_RESTARTS:
-            self._start(run_id, None)
+            self._offer(run_id, None)
             return
         self._restarts.pop(run_id, None)
+        self._flows.pop(run_id, None)
         log.error("run %s crashed %d times; failing it: %r", run_id, restarts, error)
         try:
             self._engine.fail_run(run_id, error)

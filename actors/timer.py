@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import pykka
 from steplog.actors.activity import Activity
 from steplog.actors.base import Actor
-from steplog.actors.messages import Arm, Disarm, StartRun, Tick
+from steplog.actors.messages import Arm, Disarm, SetFlowTarget, StartRun, Tick
 from steplog.engine.clock import Clock
+
+FLOW_TIMER = "~flow"
+"""The timer's name for the flow gate's next due debounce or batch (no run id starts with ``~``)."""
 
 
 class TimerActor(Actor):
@@ -34,6 +37,7 @@ class TimerActor(Actor):
         self._heap: list[tuple[datetime, str, str]] = []
         self._latest: dict[str, datetime] = {}
         self._ticker: Ticker | None = None
+        self._flow_target: Callable[[], None] | None = None
 
     def attach_ticker(self, ticker: Ticker) -> None:
         self._ticker = ticker
@@ -47,6 +51,8 @@ class TimerActor(Actor):
             self._latest.pop(message.run_id, None)
         elif isinstance(message, Tick):
             self._fire_due()
+        elif isinstance(message, SetFlowTarget):
+            self._flow_target = message.target
         return None
 
     def _fire_due(self) -> None:
@@ -56,6 +62,11 @@ class TimerActor(Actor):
             if self._latest.get(run_id) != due:
                 continue  # replaced by a later Arm, or the run ended
             del self._latest[run_id]
+            if run_id == FLOW_TIMER:
+                if self._flow_target is not None:
+                    self._activity.begin()  # ended by the router once the runs it starts are counted
+                    self._flow_target()
+                continue
             supervisor = self._supervisors.get(function_id)
             if supervisor is not None:
                 self._activity.begin()

@@ -21,6 +21,7 @@ from steplog.engine.errors import (
 )
 from steplog.engine.events import Event
 from steplog.engine.expressions import Expression, ExpressionError, compile_expression
+from steplog.engine.flow import Batch, Concurrency, Debounce, FlowOptions, Priority, RateLimit, Singleton, Throttle
 from steplog.engine.functions import FunctionDef, FunctionRegistry, define_function
 from steplog.engine.invocation import Outcome
 from steplog.engine.limits import Limits
@@ -32,9 +33,12 @@ from steplog.engine.triggers import TriggerEvent
 
 __all__ = [
     "AsyncStep",
+    "Batch",
     "Cancel",
     "Clock",
+    "Concurrency",
     "Context",
+    "Debounce",
     "DefinitionError",
     "Duration",
     "Engine",
@@ -43,6 +47,7 @@ __all__ = [
     "EventError",
     "Expression",
     "ExpressionError",
+    "FlowOptions",
     "FunctionDef",
     "FunctionNotFoundError",
     "FunctionRegistry",
@@ -51,14 +56,18 @@ __all__ = [
     "NonRetriableError",
     "NondeterminismError",
     "Outcome",
+    "Priority",
+    "RateLimit",
     "RetryAfterError",
     "RetryPolicy",
     "RunFailedError",
     "RunNotFoundError",
     "RunProjector",
+    "Singleton",
     "Step",
     "StepError",
     "SystemClock",
+    "Throttle",
     "Timeouts",
     "TriggerEvent",
     "compile_expression",

@@ -27,10 +27,12 @@ import attrs
 from steplog.engine import records as r
 from steplog.engine.errors import EngineError, RunNotFoundError
 from steplog.engine.events import Event, ReceivedEvent, prepare_events
+from steplog.engine.flow.gate import FlowGate, Journal, Start
 from steplog.engine.functions import FunctionRegistry
 from steplog.engine.limits import Limits, for_engine_events
 from steplog.engine.pauses import CANCEL_KIND, Pause, PauseIndex
-from steplog.engine.routing import DEDUP_WINDOW, Routed, ScheduledRun, dedup_key, route
+from steplog.engine.routing import DEDUP_WINDOW, FiredEvent, Routed, ScheduledRun, dedup_key, realize, route, run_writes
+from steplog.engine.state import FINAL_STATUSES
 from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite
 
 EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]
@@ -89,7 +91,12 @@ class EndRun:
     events: tuple[dict[str, Any], ...] = ()
 
 
-Request = SendEvents | RegisterWait | ExpireWait | CancelRun | EndRun
+@attrs.frozen
+class FireDue:
+    """Start the debounces and batches whose time has come."""
+
+
+Request = SendEvents | RegisterWait | ExpireWait | CancelRun | EndRun | FireDue
 
 
 # -- answers ----------------------------------------------------------------------------------
@@ -104,6 +111,10 @@ class Accepted:
     duplicates: list[str]
     wakes: list[tuple[str, str]] = attrs.Factory(list)
     """(run_id, function_id) of runs to resume: a wait of theirs ended, or they must cancel."""
+    skipped: list[ScheduledRun] = attrs.Factory(list)
+    """Runs flow control recorded as skipped."""
+    held: list[str] = attrs.Factory(list)
+    """Events a debounce or batch holds: runs may start with them later."""
 
 
 @attrs.frozen
@@ -149,6 +160,8 @@ class _Effects:
     resolved: list[tuple[str, str]] = attrs.Factory(list)
     cancels: list[tuple[str, str]] = attrs.Factory(list)
     wakes: list[tuple[str, str]] = attrs.Factory(list)
+    journal: Journal = attrs.Factory(Journal)
+    """Changes to the flow gate, undone if the commit fails."""
 
 
 class Coordinator:
@@ -162,6 +175,7 @@ class Coordinator:
         self.limits = limits
         self.committer = committer
         self.pauses = PauseIndex()
+        self.flow = FlowGate()
         self.cancelling: dict[str, str] = {}
         """run_id -> reason for runs asked to cancel: a live invocation reads it between steps."""
         self._triggered: dict[str, tuple[int, bool]] = {}
@@ -171,6 +185,27 @@ class Coordinator:
         for row in self.store.query("waits"):
             self.pauses.add(Pause.from_dict({**row, "trigger": _json_load(row["trigger"])}))
         return len(self.pauses)
+
+    def load_flow(self, now: datetime) -> None:
+        """Fill the flow gate from the projections (at start): bucket times, pending debounces and
+        batches, and the active runs of singleton functions."""
+        singletons = []
+        for function in self.registry.all():
+            if function.flow.singleton is None:
+                continue
+            for status in ("queued", "running", "waiting"):
+                for row in self.store.query("runs", where={"function_id": function.id, "status": status}):
+                    flow = _json_load(row["flow"]) or {}
+                    if "singleton" in flow:
+                        singletons.append((function.id, flow["singleton"], row["run_id"]))
+        self.flow.load(
+            self.store.query("buckets"), self.store.query("debounces"),
+            self.store.query("batched", order_by="position"), singletons, now,
+        )
+
+    def next_due(self) -> datetime | None:
+        """When the flow gate next has a debounce or batch to start."""
+        return self.flow.next_due()
 
     def listens_for(self, name: str) -> bool:
         """Whether events with this name can reach anything: a function's trigger or a pause.
@@ -221,6 +256,8 @@ class Coordinator:
                 return self._plan_expiry(request, batch)
             if isinstance(request, CancelRun):
                 return self._plan_cancel(request)
+            if isinstance(request, FireDue):
+                return self._plan_due(batch, now)
             return self._plan_end(request, batch, now)
         except EngineError as error:
             return error
@@ -232,16 +269,16 @@ class Coordinator:
         functions = self.registry.all()
         for item in received:
             duplicate = self._seen(item, batch, now)
-            one = route(item, functions, now, duplicate=duplicate)
+            one = route(item, functions, now, duplicate=duplicate, gate=self.flow, journal=effects.journal)
             if not duplicate:
-                signals = self._resolve(one, batch, effects, now)
+                signals = self._resolve(one, batch, effects, now) + self._replace(one, batch, effects)
                 if signals:  # in the event's own append: the event and what it resumed, or neither
                     one = attrs.evolve(one, append=attrs.evolve(one.append, writes=one.append.writes + signals))
-                for run in one.runs:
-                    self.pauses.add_all(run.pauses)
-                    effects.added.extend(run.pauses)
+                self._listen(one.runs, effects)
             routed.append(one)
+        return self._send_planned(routed, effects, batch)
 
+    def _send_planned(self, routed: list[Routed], effects: _Effects, batch: _Batch) -> _Planned:
         def finish(results: list[Committed | ConcurrencyError]) -> Answer:
             answer = _accepted(routed, results, effects.wakes)
             if isinstance(answer, Accepted):
@@ -257,8 +294,53 @@ class Coordinator:
                 batch.resolved.pop(key, None)
             for run_id, _ in effects.cancels:
                 batch.cancels.discard(run_id)
+            effects.journal.undo()
+            self.flow.rearm()
 
         return _Planned([one.append for one in routed], finish, undo)
+
+    def _listen(self, runs: Sequence[ScheduledRun], effects: _Effects) -> None:
+        for run in runs:
+            self.pauses.add_all(run.pauses)
+            effects.added.extend(run.pauses)
+
+    def _replace(self, routed: Routed, batch: _Batch, effects: _Effects) -> tuple[StreamWrite, ...]:
+        """Singleton's cancel mode: ask each run a new one replaces to cancel."""
+        writes = []
+        for run_id, function_id, new_run_id in routed.replaced:
+            if run_id in batch.cancels or run_id in self.cancelling:
+                continue
+            reason = f"replaced by run {new_run_id} (singleton, mode cancel)"
+            batch.cancels.add(run_id)
+            effects.cancels.append((run_id, reason))
+            effects.wakes.append((run_id, function_id))
+            writes.append(StreamWrite(r.signal_stream(run_id), (NewEntry(r.CANCEL_REQUESTED, {"reason": reason}),)))
+        return tuple(writes)
+
+    def _plan_due(self, batch: _Batch, now: datetime) -> _Planned:
+        """Start the debounces and batches that are due, each run in its own append."""
+        effects = _Effects()
+        routed: list[Routed] = []
+        errors: list[str] = []
+        for action in self.flow.fire_due(now, self._flow_of, effects.journal, errors):
+            function = self.registry.get(action.function_id)
+            assert function is not None
+            run = realize(action, function, now)
+            append = Append(tuple(run_writes(run, action)))
+            scheduled = isinstance(action, Start)
+            one = Routed(FiredEvent(action.received[0][0]), append, (run,) if scheduled else (), () if scheduled else (run,),
+                         replaced=((action.replaces, function.id, action.run_id),)
+                         if scheduled and action.replaces else ())
+            signals = self._replace(one, batch, effects)
+            if signals:
+                one = attrs.evolve(one, append=attrs.evolve(append, writes=append.writes + signals))
+            self._listen(one.runs, effects)
+            routed.append(one)
+        return self._send_planned(routed, effects, batch)
+
+    def _flow_of(self, function_id: str) -> Any:
+        function = self.registry.get(function_id)
+        return None if function is None else function.flow
 
     def _limits(self, internal: bool) -> Limits:
         return for_engine_events(self.limits) if internal else self.limits
@@ -275,6 +357,7 @@ class Coordinator:
     def _resolve(self, routed: Routed, batch: _Batch, effects: _Effects, now: datetime) -> tuple[StreamWrite, ...]:
         """What the event does to the pauses it matches: the signals to write (and, in ``effects``,
         the runs to wake, the pauses removed, the cancels to announce once committed)."""
+        assert isinstance(routed.received, ReceivedEvent)
         if not self.pauses.listens_for(routed.received.event.name):
             return ()
         event = routed.received.event.to_dict()
@@ -324,7 +407,7 @@ class Coordinator:
         rows = self.store.query("runs", where={"run_id": request.run_id})
         if not rows:
             raise RunNotFoundError(f"no run {request.run_id!r}")
-        if rows[0]["status"] in ("completed", "failed", "cancelled"):
+        if rows[0]["status"] in FINAL_STATUSES:
             return _Planned([], lambda _results: Done(False))
         entry = NewEntry(r.CANCEL_REQUESTED, {"reason": request.reason})
         write = StreamWrite(r.signal_stream(request.run_id), (entry,))
@@ -337,11 +420,17 @@ class Coordinator:
 
     def _plan_end(self, request: EndRun, batch: _Batch, now: datetime) -> _Planned:
         released = self.pauses.remove_run(request.run_id)
+        journal = Journal()
+        self.flow.run_ended(request.run_id, journal)
         wanted = tuple(event for event in request.events if self.listens_for(event["name"]))
+
+        def undo() -> None:
+            self.pauses.add_all(released)
+            journal.undo()
+
         return self._run_with_events(
             request.run_id, request.entries, request.expected_version, wanted, batch, now,
-            undo=lambda: self.pauses.add_all(released),
-            done=lambda: self.cancelling.pop(request.run_id, None),
+            undo=undo, done=lambda: self.cancelling.pop(request.run_id, None),
         )
 
     def _run_with_events(
@@ -378,15 +467,26 @@ def _accepted(
     routed: list[Routed], results: list[Committed | ConcurrencyError], wakes: list[tuple[str, str]]
 ) -> Accepted | Exception:
     runs: list[ScheduledRun] = []
+    skipped: list[ScheduledRun] = []
     duplicates: list[str] = []
+    held: list[str] = []
+    ids: list[str] = []
     for item, result in zip(routed, results):
         if isinstance(result, ConcurrencyError):
             return result
+        if isinstance(item.received, FiredEvent):
+            runs.extend(item.runs)
+            skipped.extend(item.skipped)
+            continue
+        ids.append(item.received.internal_id)
         if result.duplicate_of is not None or item.append.writes[0].entries[0].type == r.EVENT_DUPLICATE:
             duplicates.append(item.received.internal_id)
         else:
             runs.extend(item.runs)
-    return Accepted([item.received.internal_id for item in routed], runs, duplicates, wakes)
+            skipped.extend(item.skipped)
+            if item.held:
+                held.append(item.received.internal_id)
+    return Accepted(ids, runs, duplicates, wakes, skipped, held)
 
 
 def _json_load(text: Any) -> Any:

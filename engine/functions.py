@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 from steplog.engine.errors import DefinitionError
+from steplog.engine.flow.options import NO_FLOW_CONTROL, FlowControl, FlowOptions, compile_flow
 from steplog.engine.options import CancelRule, RunTimeouts, compile_cancel_rules, compile_timeouts
 from steplog.engine.retry import RetryPolicy
 from steplog.engine.triggers import MAX_TRIGGERS, CompiledTrigger, TriggerEvent, compile_trigger
@@ -30,6 +31,7 @@ class FunctionDef:
     cancel: tuple[CancelRule, ...] = ()
     timeouts: RunTimeouts | None = None
     on_failure: Handler | None = None
+    flow: FlowControl = NO_FLOW_CONTROL
 
     def describe(self) -> dict[str, Any]:
         """The definition as JSON, for queries and the CLI."""
@@ -49,6 +51,7 @@ class FunctionDef:
                 name: None if value is None else value.total_seconds()
                 for name, value in (("start", self.timeouts.start), ("finish", self.timeouts.finish))
             }
+        described.update(self.flow.describe())
         return described
 
     def failure_function(self) -> FunctionDef | None:
@@ -72,6 +75,7 @@ def define_function(
     cancel: Sequence[Any] | None = None,
     timeouts: Any = None,
     on_failure: Handler | None = None,
+    flow: FlowOptions | None = None,
 ) -> FunctionDef:
     """Build a FunctionDef, raising DefinitionError naming the function and the problem."""
     if not isinstance(fn_id, str) or not _ID.match(fn_id):
@@ -83,6 +87,7 @@ def define_function(
         raise DefinitionError(f"function {fn_id!r}: the handler {handler!r} is not callable")
     if on_failure is not None and not callable(on_failure):
         raise DefinitionError(f"function {fn_id!r}: on_failure {on_failure!r} is not callable")
+    cancel_rules = compile_cancel_rules(cancel, fn_id)
     return FunctionDef(
         id=fn_id,
         name=name or fn_id,
@@ -90,9 +95,10 @@ def define_function(
         triggers=_compile_triggers(trigger, fn_id),
         retry=_retry_policy(retries, fn_id),
         is_async=inspect.iscoroutinefunction(handler),
-        cancel=compile_cancel_rules(cancel, fn_id),
+        cancel=cancel_rules,
         timeouts=compile_timeouts(timeouts, fn_id),
         on_failure=on_failure,
+        flow=compile_flow(flow or FlowOptions(), fn_id, has_cancel=bool(cancel_rules)),
     )
 
 

@@ -631,12 +631,13 @@ class Invocation:
         return Outcome("cancelled", error=error)
 
     def _end(self, status: str, entry: NewEntry, *, output: Any = None, error: Any = None) -> None:
-        """Record the run's end; with its end events and releasing its pauses, through the coordinator, if needed."""
+        """Record the run's end; with its end events, releasing its pauses or its singleton key, through the
+        coordinator, if needed."""
         release = self.state.open_pauses
         if release:
             entry = NewEntry(entry.type, {**entry.data, "release": release})
         announce = correlation_id(self.state) is not None or any(self._listens_for(n) for n in END_EVENTS[status])
-        if not release and not announce:
+        if not release and not announce and self.function.flow.singleton is None:
             self.commit(entry)
             return
         events = tuple(end_events(self.state, status, output=output, error=error)) if announce else ()

@@ -8,6 +8,9 @@
 | timers | run_id      | runs waiting for a time (retry backoff, a sleep, a wait's timeout, a signal), with when they are due |
 | waits  | run_id, step | pauses: runs listening for an event (waits, invokes, cancel rules)  |
 | wakeups| run_id      | runs sent a signal (a wait resolved, a cancel) since they were last woken for one, until they end |
+| buckets| function_id, kind, key | GCRA state of throttles and rate limits: the theoretical arrival time |
+| debounces | function_id, key | pending debounces: the latest event, and when it is due          |
+| batched| function_id, key, internal_id | events waiting in a batch, in order, with when the batch is due |
 
 Steps change no projection: the step path writes one log row and nothing else. The runs table
 counts a run's steps when it ends.
@@ -31,6 +34,7 @@ RUNS = Table(
     columns={
         "run_id": str, "function_id": str, "status": str, "event_id": str, "scheduled_at": str,
         "started_at": str, "ended_at": str, "updated_at": str, "steps": int, "output": str, "error": str,
+        "flow": str,
     },
     indexes=(("function_id", "status"), ("status",), ("event_id",), ("scheduled_at",)),
 )
@@ -39,7 +43,7 @@ EVENTS = Table(
     key=("internal_id",),
     columns={
         "internal_id": str, "id": str, "name": str, "ts": int, "received_at": str,
-        "position": int, "duplicate": int, "data": str,
+        "position": int, "duplicate": int, "data": str, "flow": str,
     },
     indexes=(("name", "received_at"), ("received_at",), ("id",)),
 )
@@ -71,6 +75,22 @@ WAKEUPS = Table(
 )
 """Kept apart from ``timers``: a signal that lands while the run executes must still wake it after a
 crash, whatever the run records meanwhile about its next time."""
+BUCKETS = Table(
+    "buckets",
+    key=("function_id", "kind", "key"),
+    columns={"function_id": str, "kind": str, "key": str, "tat": float},
+)
+DEBOUNCES = Table(
+    "debounces",
+    key=("function_id", "key"),
+    columns={"function_id": str, "key": str, "internal_id": str, "event": str, "started_at": float, "due_at": float},
+)
+BATCHED = Table(
+    "batched",
+    key=("function_id", "key", "internal_id"),
+    columns={"function_id": str, "key": str, "internal_id": str, "event": str, "position": int, "due_at": float},
+    indexes=(("position",),),
+)
 PAUSE_KINDS = ("wait", "invoke")
 
 
@@ -81,7 +101,7 @@ def _json(value: Any) -> str:
 class RunProjector:
     """Maps each engine entry to row changes in runs, events, queue and timers."""
 
-    tables: Sequence[Table] = (RUNS, EVENTS, QUEUE, TIMERS, WAITS, WAKEUPS)
+    tables: Sequence[Table] = (RUNS, EVENTS, QUEUE, TIMERS, WAITS, WAKEUPS, BUCKETS, DEBOUNCES, BATCHED)
 
     def project(self, entry: Entry) -> Iterable[Change]:
         handler = _HANDLERS.get(entry.type)
@@ -93,7 +113,7 @@ def _event(entry: Entry, duplicate: bool) -> list[Change]:
     row = {
         "internal_id": entry.data["internal_id"], "id": event["id"], "name": event["name"], "ts": event["ts"],
         "received_at": entry.recorded_at, "position": entry.position, "duplicate": int(duplicate),
-        "data": _json(event.get("data", {})),
+        "data": _json(event.get("data", {})), "flow": _json(entry.data["flow"]) if "flow" in entry.data else None,
     }
     return [Upsert("events", row)]
 
@@ -104,11 +124,56 @@ def _scheduled(entry: Entry, run_id: str) -> list[Change]:
     run = {
         "run_id": run_id, "function_id": data["function_id"], "status": "queued", "event_id": event_ids[0],
         "scheduled_at": entry.recorded_at, "updated_at": entry.recorded_at, "steps": 0,
+        "flow": _json(data["flow"]) if "flow" in data else None,
     }
     queued = {"run_id": run_id, "function_id": data["function_id"], "ready_at": data["ready_at"],
               "position": entry.position}
     pauses = [_pause_row(pause, entry.recorded_at) for pause in data.get("cancel", ())]
-    return [Upsert("runs", run), Upsert("queue", queued), *pauses]
+    return [Upsert("runs", run), Upsert("queue", queued), *pauses, *_buckets(data)]
+
+
+def _buckets(data: dict[str, Any]) -> list[Change]:
+    return [
+        Upsert("buckets", {"function_id": function_id, "kind": kind, "key": key, "tat": tat})
+        for function_id, kind, key, tat in data.get("buckets", ())
+    ]
+
+
+def _skipped(entry: Entry, run_id: str) -> list[Change]:
+    data = entry.data
+    error = {"name": "Skipped", "message": data["message"], "reason": data["reason"]}
+    run = {
+        "run_id": run_id, "function_id": data["function_id"], "status": "skipped", "event_id": data["event_ids"][0],
+        "scheduled_at": entry.recorded_at, "ended_at": data["at"], "updated_at": entry.recorded_at, "steps": 0,
+        "error": _json(error), "flow": None,
+    }
+    return [Upsert("runs", run)]
+
+
+def _debounce_pushed(entry: Entry, _id: str) -> list[Change]:
+    data = entry.data
+    row = {"function_id": data["function_id"], "key": data["key"], "internal_id": data["internal_id"],
+           "event": _json(data["event"]), "started_at": data["started_at"], "due_at": data["due_at"]}
+    return [Upsert("debounces", row), *_buckets(data)]
+
+
+def _debounce_fired(entry: Entry, _id: str) -> list[Change]:
+    return [Delete("debounces", {"function_id": entry.data["function_id"], "key": entry.data["key"]})]
+
+
+def _batch_added(entry: Entry, _id: str) -> list[Change]:
+    data = entry.data
+    row = {"function_id": data["function_id"], "key": data["key"], "internal_id": data["internal_id"],
+           "event": _json(data["event"]), "position": entry.position, "due_at": data["due_at"]}
+    return [Upsert("batched", row)]
+
+
+def _batch_flushed(entry: Entry, _id: str) -> list[Change]:
+    data = entry.data
+    return [
+        Delete("batched", {"function_id": data["function_id"], "key": data["key"], "internal_id": internal_id})
+        for internal_id in data["internal_ids"]
+    ]
 
 
 def _pause_row(pause: dict[str, Any], recorded_at: str) -> Upsert:
@@ -196,6 +261,11 @@ _HANDLERS: dict[str, Any] = {
     r.EVENT_RECEIVED: lambda entry, _id: _event(entry, False),
     r.EVENT_DUPLICATE: lambda entry, _id: _event(entry, True),
     r.RUN_SCHEDULED: _scheduled,
+    r.RUN_SKIPPED: _skipped,
+    "debounce.pushed": _debounce_pushed,
+    "debounce.fired": _debounce_fired,
+    "batch.added": _batch_added,
+    "batch.flushed": _batch_flushed,
     r.RUN_STARTED: _started,
     r.RUN_RESUMED: _resumed,
     r.STEP_ERRORED: _errored,

@@ -60,7 +60,7 @@ def _decode(row: dict[str, Any], *columns: str) -> dict[str, Any]:
     return out
 
 
-STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled")
+STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled", "skipped")
 When = datetime | str | None
 """A point in time for a filter: an aware datetime, ISO 8601 text (UTC unless it has an offset),
 or a duration ago such as ``"30m"``, ``"2h"``, ``"1d"``."""

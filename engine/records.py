@@ -9,7 +9,8 @@ the run's invocation, and signals never race with it.
 |-----------------|-----------------------------------------------------------------------|
 | event.received  | internal_id, event, trigger_errors [{function_id, error}]             |
 | event.duplicate | internal_id, event (its id was seen within the deduplication window)  |
-| run.scheduled   | run_id, function_id, event_ids, events, ready_at                      |
+| run.scheduled   | run_id, function_id, event_ids, events, ready_at, flow?, buckets?, cancel? |
+| run.skipped     | run_id, function_id, event_ids, events, reason, message, at (flow control: never starts) |
 | run.started     | at                                                                    |
 | run.resumed     | at (the first entry of an invocation after a wait)                    |
 | step.completed  | step, id, kind, n, attempt, output, started_at, ended_at              |
@@ -25,6 +26,11 @@ the run's invocation, and signals never race with it.
 | wait.resolved   | step, event (in signal/<run_id>: the event that ended the wait)       |
 | wait.expired    | step (in signal/<run_id>: the wait timed out)                         |
 | cancel.requested| reason (in signal/<run_id>)                                           |
+
+Flow control writes ``debounce/<function>/<key hash>`` (debounce.pushed: the pending event and
+when it is due; debounce.fired: it started a run) and ``batch/<function>/<key hash>``
+(batch.added, batch.flushed). ``flow`` on run.scheduled holds the run's concurrency keys, priority
+and singleton key; ``buckets`` the GCRA times (throttle, rate limit) its scheduling moved.
 
 ``due_at`` is when the run must next be woken: the earliest of its pending sleeps, waits and
 timeouts. ``release`` lists the run's pauses (waits and cancel listeners) that its end removes.
@@ -42,6 +48,7 @@ from steplog.engine.errors import StepError
 EVENT_RECEIVED = "event.received"
 EVENT_DUPLICATE = "event.duplicate"
 RUN_SCHEDULED = "run.scheduled"
+RUN_SKIPPED = "run.skipped"
 RUN_STARTED = "run.started"
 RUN_RESUMED = "run.resumed"
 STEP_COMPLETED = "step.completed"

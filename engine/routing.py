@@ -3,7 +3,9 @@
 One event starts a function at most once, however many of its triggers match. An event whose
 ``id`` was seen in the last 24 hours is recorded as a duplicate and starts nothing. A trigger
 expression that fails on an event is recorded on that event and does not start the function.
-An ``inngest/function.invoked`` event starts the function it names, whatever the triggers say.
+An ``inngest/function.invoked`` event starts the function it names, whatever the triggers say;
+its flow control applies (as in Inngest, an invoke whose run is skipped ends at its timeout).
+A function with flow control hands the event to the flow gate, which starts, skips or holds it.
 A run of a function with cancel rules is scheduled with its cancel pauses.
 """
 
@@ -17,6 +19,7 @@ import attrs
 from steplog.engine import records as r
 from steplog.engine.events import ReceivedEvent
 from steplog.engine.expressions import ExpressionError
+from steplog.engine.flow.gate import Action, FlowGate, Hold, Journal, Skip, Start
 from steplog.engine.functions import FunctionDef
 from steplog.engine.ids import new_ulid
 from steplog.engine.pauses import CANCEL_KIND, Pause, make_pause
@@ -47,12 +50,25 @@ class ScheduledRun:
 
 
 @attrs.frozen
+class FiredEvent:
+    """What a debounce or batch that fires is routed as: no new event, the first one its run starts with."""
+
+    internal_id: str
+
+
+@attrs.frozen
 class Routed:
     """An event's append, and the runs it schedules unless it turns out to be a duplicate."""
 
-    received: ReceivedEvent
+    received: ReceivedEvent | FiredEvent
     append: Append
     runs: tuple[ScheduledRun, ...]
+    skipped: tuple[ScheduledRun, ...] = ()
+    """Runs recorded as skipped (rate limit, idempotency, singleton): they never start."""
+    held: bool = False
+    """A function holds the event (debounce, batch): a run may start with it later."""
+    replaced: tuple[tuple[str, str, str], ...] = ()
+    """(run_id, function_id, new run_id) of active runs that singleton's cancel mode replaces."""
 
 
 def dedup_key(received: ReceivedEvent) -> str | None:
@@ -60,9 +76,11 @@ def dedup_key(received: ReceivedEvent) -> str | None:
 
 
 def route(
-    received: ReceivedEvent, functions: Sequence[FunctionDef], now: datetime, *, duplicate: bool = False
+    received: ReceivedEvent, functions: Sequence[FunctionDef], now: datetime, *, duplicate: bool = False,
+    gate: FlowGate | None = None, journal: Journal | None = None,
 ) -> Routed:
-    """The append for one event: the event itself and a run.scheduled for each function it starts.
+    """The append for one event: the event itself and what it does to each function it matches
+    (a run.scheduled, a skipped run, or an entry of a debounce or batch that holds it).
 
     ``duplicate`` (the caller checked the event's id) records the event as a duplicate only.
     """
@@ -72,13 +90,84 @@ def route(
         duplicate_entry = NewEntry(r.EVENT_DUPLICATE, {"internal_id": received.internal_id, "event": event})
         return Routed(received, Append((StreamWrite(stream, (duplicate_entry,), expected_version=0),)), ())
     matched, errors = _match(event, functions)
-    runs = tuple(_schedule(fn, received, event, now) for fn in matched)
-    record = {"internal_id": received.internal_id, "event": event, "trigger_errors": errors}
-    writes = (StreamWrite(stream, (NewEntry(r.EVENT_RECEIVED, record),), expected_version=0),) + tuple(
-        StreamWrite(r.run_stream(run.run_id), (run.entry,), expected_version=0) for run in runs
-    )
+    gate = gate or FlowGate()
+    journal = journal or Journal()
+    routed = _Routing()
+    for function in matched:
+        routed.add(function, _decide(function, received, event, now, gate, journal), now)
+    record: dict[str, Any] = {"internal_id": received.internal_id, "event": event, "trigger_errors": errors}
+    if routed.notes:
+        record["flow"] = routed.notes
+    writes = (StreamWrite(stream, (NewEntry(r.EVENT_RECEIVED, record),), expected_version=0),) + tuple(routed.writes)
     key = dedup_key(received)
-    return Routed(received, Append(writes, key=key, key_window_s=DEDUP_WINDOW.total_seconds() if key else None), runs)
+    append = Append(writes, key=key, key_window_s=DEDUP_WINDOW.total_seconds() if key else None)
+    return Routed(received, append, tuple(routed.runs), tuple(routed.skipped), routed.held, tuple(routed.replaced))
+
+
+def _decide(
+    function: FunctionDef, received: ReceivedEvent, event: dict[str, Any], now: datetime, gate: FlowGate,
+    journal: Journal,
+) -> tuple[Action, list[str]]:
+    errors: list[str] = []
+    if not function.flow.any:
+        ready = datetime.fromtimestamp(max(now.timestamp(), event["ts"] / 1000), tz=timezone.utc)
+        return Start(new_ulid(now), function.id, ((received.internal_id, event),), ready, {}, []), errors
+    return gate.admit(function.id, function.flow, (received.internal_id, event), now, journal, errors), errors
+
+
+@attrs.define
+class _Routing:
+    """What one event does to the functions it matched, as writes and runs."""
+
+    writes: list[StreamWrite] = attrs.Factory(list)
+    runs: list[ScheduledRun] = attrs.Factory(list)
+    skipped: list[ScheduledRun] = attrs.Factory(list)
+    notes: list[dict[str, Any]] = attrs.Factory(list)
+    replaced: list[tuple[str, str, str]] = attrs.Factory(list)
+    held: bool = False
+
+    def add(self, function: FunctionDef, decided: tuple[Action, list[str]], now: datetime) -> None:
+        action, errors = decided
+        note: dict[str, Any] = {"function_id": function.id}
+        if isinstance(action, Hold):
+            self.held = True
+            note["outcome"] = action.note
+            if action.stream is not None and action.entry is not None:
+                self.writes.append(StreamWrite(action.stream, (action.entry,)))
+        else:
+            run = realize(action, function, now)
+            self.writes.extend(run_writes(run, action))
+            if isinstance(action, Skip):
+                self.skipped.append(run)
+                note.update(outcome="skipped", reason=action.reason, message=action.message, run_id=action.run_id)
+            else:
+                self.runs.append(run)
+                if action.replaces is not None:
+                    self.replaced.append((action.replaces, function.id, action.run_id))
+        if errors:
+            note["errors"] = errors
+        if len(note) > 1:
+            self.notes.append(note)
+
+
+def realize(action: Start | Skip, function: FunctionDef, now: datetime) -> ScheduledRun:
+    """The run an action starts or skips, with its one entry."""
+    event_ids = [internal_id for internal_id, _ in action.received]
+    events = [event for _, event in action.received]
+    if isinstance(action, Skip):
+        data = {"run_id": action.run_id, "function_id": function.id, "event_ids": event_ids, "events": events,
+                "reason": action.reason, "message": action.message, "at": format_time(now)}
+        return ScheduledRun(action.run_id, function.id, NewEntry(r.RUN_SKIPPED, data), event_ids[0])
+    return _schedule(function, action, event_ids, events, now)
+
+
+def run_writes(run: ScheduledRun, action: Start | Skip) -> list[StreamWrite]:
+    """The run's stream write and the flow entries that go with it (a debounce fired, a batch flushed)."""
+    writes = [StreamWrite(r.run_stream(run.run_id), (run.entry,), expected_version=0)]
+    for stream, entry in action.writes:
+        data = {**entry.data, "run_id": run.run_id}
+        writes.append(StreamWrite(stream, (NewEntry(entry.type, data),)))
+    return writes
 
 
 def _match(event: dict[str, Any], functions: Sequence[FunctionDef]) -> tuple[list[FunctionDef], list[dict[str, Any]]]:
@@ -102,27 +191,29 @@ def _match(event: dict[str, Any], functions: Sequence[FunctionDef]) -> tuple[lis
     return matched, errors
 
 
-def _event_time(event: dict[str, Any]) -> datetime:
-    return datetime.fromtimestamp(event["ts"] / 1000, tz=timezone.utc)
-
-
-def _schedule(function: FunctionDef, received: ReceivedEvent, event: dict[str, Any], now: datetime) -> ScheduledRun:
-    run_id = new_ulid(now)
+def _schedule(
+    function: FunctionDef, action: Start, event_ids: list[str], events: list[dict[str, Any]], now: datetime
+) -> ScheduledRun:
+    run_id = action.run_id
     data: dict[str, Any] = {
         "run_id": run_id,
         "function_id": function.id,
-        "event_ids": [received.internal_id],
-        "events": [event],
-        "ready_at": format_time(max(now, _event_time(event))),
+        "event_ids": event_ids,
+        "events": events,
+        "ready_at": format_time(action.ready_at),
         "scheduled_at": format_time(now),
     }
+    if action.flow:
+        data["flow"] = action.flow
+    if action.buckets:
+        data["buckets"] = action.buckets
     pauses = tuple(
         make_pause(
             run_id=run_id, function_id=function.id, step=f"cancel:{index}", kind=CANCEL_KIND, event=rule.event,
-            expression=rule.expression, trigger_event=event, expires_at=format_time(now + rule.timeout),
+            expression=rule.expression, trigger_event=events[0], expires_at=format_time(now + rule.timeout),
         )
         for index, rule in enumerate(function.cancel)
     )
     if pauses:
         data["cancel"] = [pause.to_dict() for pause in pauses]
-    return ScheduledRun(run_id, function.id, NewEntry(r.RUN_SCHEDULED, data), received.internal_id, pauses)
+    return ScheduledRun(run_id, function.id, NewEntry(r.RUN_SCHEDULED, data), event_ids[0], pauses)

@@ -8,9 +8,11 @@ which is what the property tests drive.
 from __future__ import annotations
 
 import heapq
+import json
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 from steplog.engine import records as r
@@ -25,6 +27,7 @@ from steplog.engine.coordination import (
     Done,
     EndRun,
     EventInput,
+    FireDue,
     Request,
     SendEvents,
     StaleRunError,
@@ -154,6 +157,12 @@ class Engine:
 
         return commit
 
+    def run_flow(self, run_id: str) -> dict[str, Any]:
+        """What flow control attached to a run when it was scheduled (concurrency keys, priority)."""
+        rows = self.store.query("runs", where={"run_id": run_id})
+        text = rows[0]["flow"] if rows else None
+        return json.loads(text) if text else {}
+
     def fail_run(self, run_id: str, error: BaseException) -> None:
         """Record that a run failed for a reason outside its code (the engine could not run it)."""
         state = self.load(run_id)
@@ -211,6 +220,7 @@ class Engine:
     def start(self) -> None:
         """Pick up the work left in the log by an earlier process."""
         self.coordinator.load_pauses()
+        self.coordinator.load_flow(self.clock.now())
         recovery = self.recover()
         self._ready.extend(run_id for run_id, _ in recovery.ready)
         for due, run_id, _ in recovery.timers:
@@ -236,10 +246,11 @@ class Engine:
         return self.run_until_idle()
 
     def next_timer(self) -> datetime | None:
-        """When the next timer is due, if any."""
+        """When the next timer (a run's, or a debounce's or batch's) is due, if any."""
         while self._timers and self._due.get(self._timers[0][1]) != self._timers[0][0]:
             heapq.heappop(self._timers)  # replaced by a later one, or its run ended
-        return self._timers[0][0] if self._timers else None
+        due = [when for when in (self._timers[0][0] if self._timers else None, self.coordinator.next_due()) if when]
+        return min(due) if due else None
 
     def _arm(self, run_id: str, due: datetime | None) -> None:
         """A run's latest wake time replaces its earlier one; None (it ended) forgets it."""
@@ -251,6 +262,11 @@ class Engine:
 
     def _fire_due_timers(self) -> None:
         now = self.clock.now()
+        flow_due = self.coordinator.next_due()
+        if flow_due is not None and flow_due <= now:
+            answer = self._coordinate_here(FireDue())
+            if isinstance(answer, Exception):
+                raise answer
         while self._timers and self._timers[0][0] <= now:
             due, run_id = heapq.heappop(self._timers)
             if self._due.get(run_id) == due:

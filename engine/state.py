@@ -10,6 +10,8 @@ from steplog.engine import records as r
 from steplog.engine.records import ErrorInfo
 from steplog.eventstore import Entry
 
+FINAL_STATUSES = ("completed", "failed", "cancelled", "skipped")
+
 
 @attrs.frozen
 class StepRecord:
@@ -52,6 +54,8 @@ class RunState:
     """The run's cancel-rule pauses (their step names), removed when it ends."""
     scheduled_at: str | None = None
     started_at: str | None = None
+    flow: dict[str, Any] = attrs.Factory(dict)
+    """What flow control attached when it was scheduled: concurrency keys, priority, singleton key."""
 
     @property
     def open_pauses(self) -> list[str]:
@@ -82,7 +86,7 @@ class RunState:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled")
+        return self.status in FINAL_STATUSES
 
     def apply(self, entry_type: str, data: dict[str, Any]) -> None:
         """Fold one entry into the state."""
@@ -108,6 +112,14 @@ def _scheduled(state: RunState, data: dict[str, Any]) -> None:
     state.ready_at = data.get("ready_at")
     state.scheduled_at = data.get("scheduled_at")
     state.listeners = [pause["step"] for pause in data.get("cancel", ())]
+    state.flow = data.get("flow", {})
+
+
+def _skipped(state: RunState, data: dict[str, Any]) -> None:
+    state.function_id = data["function_id"]
+    state.events = data["events"]
+    state.status = "skipped"
+    state.error = {"name": "Skipped", "message": data["message"], "stack": None}
 
 
 def _started(state: RunState, data: dict[str, Any]) -> None:
@@ -174,6 +186,7 @@ def _cancelled(state: RunState, data: dict[str, Any]) -> None:
 
 _HANDLERS = {
     r.RUN_SCHEDULED: _scheduled,
+    r.RUN_SKIPPED: _skipped,
     r.RUN_STARTED: _started,
     r.RUN_RESUMED: _resumed,
     r.STEP_COMPLETED: _step_completed,

@@ -8,12 +8,14 @@ import pytest
 
 EXPECTED = {
     "steplog": [
+        "Batch", "Concurrency", "Debounce", "Priority", "RateLimit", "Singleton", "Throttle",
         "Cancel", "Context", "DatabaseInUseError", "DefinitionError", "EngineError", "EngineStoppedError", "Event", "EventError", "ExpressionError",
         "FunctionDef", "Limits", "ManualClock", "MemoryEventStore", "NonRetriableError", "NondeterminismError",
         "RetryAfterError", "RetryPolicy", "RunFailedError", "RunHandle", "RunNotFoundError", "SqliteEventStore",
         "StepError", "Steplog", "SystemClock", "Timeouts", "TriggerEvent",
     ],
     "steplog.engine": [
+        "Batch", "Concurrency", "Debounce", "FlowOptions", "Priority", "RateLimit", "Singleton", "Throttle",
         "AsyncStep", "Cancel", "Clock", "Context", "DefinitionError", "Duration", "Engine", "EngineError", "Event", "EventError",
         "Expression", "ExpressionError", "FunctionDef", "FunctionNotFoundError", "FunctionRegistry", "Limits",
         "ManualClock", "NonRetriableError", "NondeterminismError", "Outcome", "RetryAfterError", "RetryPolicy",

@@ -1,0 +1,38 @@
+"""Flow-control keys: the value of a key expression for an event, as text.
+
+A key's CEL result is used as it is when it is a string and as its JSON text otherwise (so ``1``
+and ``"1"`` are different keys). An expression that fails on an event does not stop the event:
+the error is recorded on the event, and the event gets the empty key ``""``, so the limit still
+applies to it (shared with every other event whose key failed).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from steplog.engine.expressions import Expression, ExpressionError
+
+
+def key_of(expression: Expression | None, event: dict[str, Any], errors: list[str], option: str) -> str:
+    """The key value for ``event``; a failure is appended to ``errors`` (naming ``option``) and gives ``""``."""
+    if expression is None:
+        return ""
+    try:
+        value = expression.evaluate({"event": event})
+    except ExpressionError as error:
+        errors.append(f"{option}: {error}")
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def priority_of(expression: Expression | None, event: dict[str, Any], errors: list[str], bound: int) -> int:
+    """Seconds of priority for ``event``, clipped to +-``bound``; a failure counts as 0 (as in Inngest)."""
+    if expression is None:
+        return 0
+    try:
+        value = expression.evaluate({"event": event})
+    except ExpressionError as error:
+        errors.append(f"priority.run: {error}")
+        return 0
+    return max(-bound, min(bound, int(value)))
