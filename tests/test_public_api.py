@@ -8,20 +8,21 @@ import pytest
 
 EXPECTED = {
     "steplog": [
-        "Batch", "Concurrency", "Debounce", "Priority", "RateLimit", "Singleton", "Throttle",
-        "Cancel", "Context", "DatabaseInUseError", "DefinitionError", "EngineError", "EngineStoppedError", "Event", "EventError", "ExpressionError",
-        "FunctionDef", "Limits", "ManualClock", "MemoryEventStore", "NonRetriableError", "NondeterminismError",
-        "RetryAfterError", "RetryPolicy", "RunFailedError", "RunHandle", "RunNotFoundError", "SqliteEventStore",
-        "StepError", "Steplog", "SystemClock", "Timeouts", "TriggerEvent",
+        "Batch", "Cancel", "Concurrency", "Context", "DatabaseInUseError", "Debounce", "DefinitionError",
+        "EngineError", "EngineStoppedError", "Event", "EventError", "ExpressionError", "FunctionDef",
+        "Limits", "ManualClock", "MemoryEventStore", "NonRetriableError", "NondeterminismError", "Priority",
+        "RateLimit", "RetryAfterError", "RetryPolicy", "RunFailedError", "RunHandle", "RunNotFoundError",
+        "Singleton", "SqliteEventStore", "StepError", "Steplog", "SystemClock", "Throttle", "Timeouts",
+        "TriggerEvent",
     ],
     "steplog.engine": [
-        "Batch", "Concurrency", "Debounce", "FlowOptions", "Priority", "RateLimit", "Singleton", "Throttle",
-        "AsyncStep", "Cancel", "Clock", "Context", "DefinitionError", "Duration", "Engine", "EngineError", "Event", "EventError",
-        "Expression", "ExpressionError", "FunctionDef", "FunctionNotFoundError", "FunctionRegistry", "Limits",
-        "ManualClock", "NonRetriableError", "NondeterminismError", "Outcome", "RetryAfterError", "RetryPolicy",
-        "RunFailedError", "RunNotFoundError", "RunProjector", "Step", "StepError", "SystemClock", "Timeouts",
-        "TriggerEvent",
-        "compile_expression", "define_function", "parse_duration", "queries",
+        "AsyncStep", "Batch", "Cancel", "Clock", "Concurrency", "Context", "Debounce", "DefinitionError",
+        "Duration", "Engine", "EngineError", "Event", "EventError", "Expression", "ExpressionError",
+        "FlowOptions", "FunctionDef", "FunctionNotFoundError", "FunctionRegistry", "Limits", "ManualClock",
+        "NonRetriableError", "NondeterminismError", "Outcome", "Priority", "RateLimit", "RetryAfterError",
+        "RetryPolicy", "RunFailedError", "RunNotFoundError", "RunProjector", "Singleton", "Step", "StepError",
+        "SystemClock", "Throttle", "Timeouts", "TriggerEvent", "compile_expression", "define_function",
+        "parse_duration", "queries",
     ],
     "steplog.actors": ["DatabaseInUseError", "EngineStoppedError", "RunHandle", "Steplog"],
     "steplog.eventstore": [
