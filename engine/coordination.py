@@ -327,10 +327,12 @@ class Coordinator:
             assert function is not None
             run = realize(action, function, now)
             append = Append(tuple(run_writes(run, action)))
-            scheduled = isinstance(action, Start)
-            one = Routed(FiredEvent(action.received[0][0]), append, (run,) if scheduled else (), () if scheduled else (run,),
-                         replaced=((action.replaces, function.id, action.run_id),)
-                         if scheduled and action.replaces else ())
+            fired = FiredEvent(action.received[0][0])
+            if isinstance(action, Start):
+                replaced = () if action.replaces is None else ((action.replaces, function.id, action.run_id),)
+                one = Routed(fired, append, (run,), replaced=replaced)
+            else:
+                one = Routed(fired, append, (), (run,))
             signals = self._replace(one, batch, effects)
             if signals:
                 one = attrs.evolve(one, append=attrs.evolve(append, writes=append.writes + signals))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import NoReturn
 
 import attrs
 from steplog.engine.durations import Duration, parse_duration
@@ -274,7 +275,7 @@ class _Checker:
     def __init__(self, fn_id: str) -> None:
         self.fn_id = fn_id
 
-    def refuse(self, problem: str) -> None:
+    def refuse(self, problem: str) -> NoReturn:
         raise DefinitionError(f"function {self.fn_id!r}: {problem}")
 
     def expect(self, value: object, kind: type, option: str) -> bool:
@@ -288,14 +289,13 @@ class _Checker:
         if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
             bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
             self.refuse(f"{option} must be a whole number {bounds}, got {value!r}")
-        return value  # type: ignore[return-value]
+        return value
 
     def duration(self, value: object, option: str, low: timedelta, high: timedelta) -> timedelta:
         try:
             duration = parse_duration(value, what=option)  # type: ignore[arg-type]
         except ValueError as error:
             self.refuse(str(error))
-            raise  # unreachable: refuse raised
         if not low <= duration <= high:
             self.refuse(f"{option} must be from {_text(low)} to {_text(high)}, got {_text(duration)}")
         return duration
@@ -309,15 +309,14 @@ class _Checker:
             return compile_expression(source, names=("event",), result=result)  # type: ignore[arg-type]
         except ExpressionError as error:
             self.refuse(f"{option}: {error}")
-            raise  # unreachable
 
     def concurrency(self, value: object) -> tuple[ConcurrencyRule, ...]:
         if value is None:
             return ()
-        items = [value] if isinstance(value, (Concurrency, int)) else value
-        if not isinstance(items, Sequence) or isinstance(items, str):
+        given = [value] if isinstance(value, (Concurrency, int)) else value
+        if not isinstance(given, Sequence) or isinstance(given, str):
             self.refuse(f"concurrency must be a list of steplog.Concurrency, got {value!r}")
-        items = list(items)  # type: ignore[arg-type]
+        items = list(given)
         if len(items) > MAX_CONCURRENCY_CONSTRAINTS:
             self.refuse(f"concurrency has {len(items)} constraints; the limit is {MAX_CONCURRENCY_CONSTRAINTS}")
         rules = tuple(self._concurrency_rule(item, index) for index, item in enumerate(items))
