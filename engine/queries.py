@@ -122,8 +122,9 @@ def list_events(
     rows = store.query("events", where=where, ranges=ranges, order_by="position", desc=True, limit=limit)
     events = []
     for row in rows:
-        event = _decode(row, "data")
+        event = _decode(row, "data", "flow")
         event["duplicate"] = bool(event["duplicate"])
+        event["flow"] = event.get("flow") or []  # per function: skipped (why), debounced, batched, key errors
         event["runs"] = [run["run_id"] for run in store.query("runs", where={"event_id": row["internal_id"]})]
         events.append(event)
     return events
@@ -152,7 +153,7 @@ def list_runs(
             "runs", where=selected, ranges=ranges, order_by=("scheduled_at", "run_id"), desc=True, limit=limit
         ))
     rows.sort(key=lambda row: (row["scheduled_at"], row["run_id"]), reverse=True)
-    return [_decode(row, "output", "error") for row in (rows[:limit] if limit else rows)]
+    return [_decode(row, "output", "error", "flow") for row in (rows[:limit] if limit else rows)]
 
 
 def get_run(store: EventStore, run_id: str) -> dict[str, Any]:
@@ -160,7 +161,7 @@ def get_run(store: EventStore, run_id: str) -> dict[str, Any]:
     rows = store.query("runs", where={"run_id": run_id})
     if not rows:
         raise RunNotFoundError(f"no run {run_id!r} in the log")
-    return _decode(rows[0], "output", "error")
+    return _decode(rows[0], "output", "error", "flow")
 
 
 def run_history(store: EventStore, run_id: str) -> RunHistory:

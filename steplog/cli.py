@@ -286,13 +286,21 @@ def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
         if event["duplicate"]:
             rows.append([*first, "", "duplicate id: started nothing"])
             continue
-        if not event["runs"]:
+        held = [f"{note['function_id']} ({note['outcome']})" for note in event["flow"]
+                if note.get("outcome") not in (None, "skipped")]
+        if not event["runs"] and not held:
             rows.append([*first, "", "no function matched"])
             continue
-        for index, run_id in enumerate(event["runs"]):
+        lines = []
+        for run_id in event["runs"]:
             run = runs.get(run_id) or {}
             details = f"{run.get('function_id', '?')} ({run.get('status', '?')})"
-            rows.append([*(first if index == 0 else ["", "", ""]), run_id, details])
+            if run.get("status") == "skipped":
+                details += f": {(run.get('error') or {}).get('message', '')}"
+            lines.append([run_id, details])
+        lines.extend(["", text] for text in held)
+        for index, line in enumerate(lines):
+            rows.append([*(first if index == 0 else ["", "", ""]), *line])
     print_table(["RECEIVED (UTC)", "NAME", "ID", "RUNS", ""], rows, out)
     _print_more(len(events), args.limit, "events", out)
     return 0

@@ -27,3 +27,15 @@ def test_the_readme_waiting_example_runs_and_prints_its_result(tmp_path: Path) -
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["paid 30, reserved, label"]
+
+
+def test_the_readme_flow_control_example_runs_and_prints_its_result(tmp_path: Path) -> None:
+    [_, _, third, *_] = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    script = tmp_path / "flow.py"
+    script.write_text(third)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "digest for ada up to note 2",
+        "['completed', 'completed', 'completed', 'skipped', 'skipped', 'skipped']",
+    ]

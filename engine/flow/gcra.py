@@ -3,7 +3,8 @@
 State is one number per key, the theoretical arrival time (TAT). With emission interval
 ``T = period / limit`` and tolerance ``burst * T``, a start at time ``t`` is allowed when
 ``TAT - burst * T <= t``, and moves TAT to ``max(TAT, t) + T``. So ``burst + 1`` starts may happen
-at once, and over any window of length ``W`` at most ``W / T + burst + 1`` do.
+at once, and in any half-open window ``[t, t + W)`` at most ``ceil(W / T) + burst`` do: with
+``W = period``, ``limit + burst``.
 
 Times are seconds since the epoch, as floats.
 """
