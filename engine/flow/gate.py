@@ -158,6 +158,8 @@ class FlowGate:
         """What one event does for one function it matched."""
         event = received[1]
         t = now.timestamp()
+        if flow.debounce is not None and self._older_than_pending(function_id, flow, event):
+            return Hold(None, None, "debounce: ignored, older than the pending event")
         rate_bucket: list[list[Any]] = []
         if flow.rate_limit is not None:
             rule = flow.rate_limit
@@ -228,8 +230,6 @@ class FlowGate:
         slot = (function_id, key)
         pending = self.debounces.get(slot)
         stream = pending.stream if pending is not None else _stream("debounce", function_id, key)
-        if pending is not None and received[1].get("ts", 0) < pending.received[1].get("ts", 0):
-            return Hold(None, None, "debounce: ignored, older than the pending event")
         started = pending.started if pending is not None else t
         due = t + rule.period.total_seconds()
         if rule.timeout is not None:
@@ -242,6 +242,12 @@ class FlowGate:
             "started_at": started, "due_at": due, "buckets": buckets,
         }
         return Hold(stream, NewEntry(DEBOUNCE_PUSHED, data), "debounced")
+
+    def _older_than_pending(self, function_id: str, flow: FlowControl, event: dict[str, Any]) -> bool:
+        """Whether the event's ``ts`` is older than the key's pending debounce event (it is then ignored)."""
+        assert flow.debounce is not None
+        pending = self.debounces.get((function_id, key_of(flow.debounce.key, event, [], "debounce.key")))
+        return pending is not None and event.get("ts", 0) < pending.received[1].get("ts", 0)
 
     def _batch(
         self, function_id: str, flow: FlowControl, received: Received, now: datetime, journal: Journal,
