@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import flow
 from benchmarks import workloads as wl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help=f"smoke sizes: W1 {wl.QUICK.w1_runs} runs, "
         f"W2 S={','.join(map(str, wl.QUICK.w2_steps))}, W3 {wl.QUICK.w3_runs} runs, "
         f"W4 {wl.QUICK.w4_manual_runs} (manual clock) and {wl.QUICK.w4_real_runs} (real clock) runs, "
-        f"W6 W={','.join(map(str, wl.QUICK.w6_waits))}",
+        f"W6 W={','.join(map(str, wl.QUICK.w6_waits))}, W7 {wl.QUICK.w7_runs} runs, W8 {wl.QUICK.w8_events} events",
     )
     parser.add_argument(
         "--json", dest="json_path", type=Path, help="write one JSON object per line"
@@ -210,13 +211,17 @@ def run_all(options: Options, systems: tuple[str, ...]) -> tuple[list[Record], i
 
 
 #: JSON-only figures that are also reported as the median of the repeats.
-MEDIAN_EXTRAS = ("send_seconds", "park_seconds", "sleeping_rss_mb", "peak_rss_end_mb", "deadline_spread_s")
+MEDIAN_EXTRAS = (
+    "send_seconds", "park_seconds", "sleeping_rss_mb", "peak_rss_end_mb", "deadline_spread_s", *flow.MEDIAN_EXTRAS,
+)
+#: Every figure of the table, in its order.
+TABLE_FIGURES = (*wl.FIGURES, *wl.FLOW_FIGURES)
 
 
 def median_record(samples: list[Record]) -> Record:
     """One record whose figures are the medians of the samples; ``repeats`` says how many."""
     merged = dict(samples[0])
-    for key in (*wl.FIGURES, *MEDIAN_EXTRAS):
+    for key in (*TABLE_FIGURES, *MEDIAN_EXTRAS):
         values = [s.get(key) for s in samples]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             merged[key] = round(statistics.median(values), 3)  # type: ignore[arg-type]
@@ -265,8 +270,10 @@ def ratio(mine: Any, theirs: Any) -> float | None:
 
 
 def fmt(value: Any) -> str:
-    if not isinstance(value, (int, float)):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         return "n/a"
+    if isinstance(value, int):  # counts (W7's peak per key, W8's starts and drops)
+        return f"{value:,}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) >= 10:
@@ -285,7 +292,7 @@ def table_rows(options: Options, records: list[Record]) -> list[tuple[str, ...]]
         for point in options.sizes.points(workload):
             mine = by_key.get((workload, point, "steplog"), {})
             theirs = by_key.get((workload, point, "dbos"), {})
-            for figure in wl.FIGURES:
+            for figure in TABLE_FIGURES:
                 a, b = mine.get(figure), theirs.get(figure)
                 if a is None and b is None:
                     continue
@@ -331,7 +338,10 @@ def render_table(rows: list[tuple[str, ...]]) -> str:
 
 def target_lines(records: list[Record]) -> list[str]:
     by_key = index(records)
-    return [_target_w1(records, by_key), _target_w2(records), _target_w3(records), *_target_w6(records)]
+    return [
+        _target_w1(records, by_key), _target_w2(records), _target_w3(records), *_target_w6(records),
+        *_target_w7(records), *_target_w8(records),
+    ]
 
 
 def _verdict(ok: bool | None) -> str:
@@ -403,6 +413,41 @@ def _target_w6(records: list[Record]) -> list[str]:
         f"{_verdict(ok)}  W6 steplog time per wait at W={large} within {W6_LINEAR_SLACK}x of W={small} (linear): "
         f"{shown} us = {fmt_ratio(growth)}"
     )
+    return lines
+
+
+def _flow_records(records: list[Record], workload: str) -> list[Record]:
+    """The records of ``workload``, steplog first."""
+    return sorted((r for r in records if r["workload"] == workload), key=lambda r: r["system"] != "steplog")
+
+
+def _target_w7(records: list[Record]) -> list[str]:
+    """W7 checks: no key ever had more than its limit executing (on every system that ran)."""
+    lines = []
+    for r in _flow_records(records, wl.W7):
+        peak = r.get("peak_executing_per_key")
+        ok = None if peak is None else peak <= flow.W7_LIMIT
+        lines.append(
+            f"{_verdict(ok)}  W7 {r['system']} n={size_of(r)} peak executing per key <= {flow.W7_LIMIT}: {fmt(peak)}"
+        )
+    return lines or [f"{_verdict(None)}  W7 peak executing per key <= {flow.W7_LIMIT}: n/a"]
+
+
+def _target_w8(records: list[Record]) -> list[str]:
+    """W8 checks: no event dropped, and no 1 s window with more starts than GCRA's bound (limit + burst + 1)."""
+    lines = []
+    for r in _flow_records(records, wl.W8):
+        dropped, peak = r.get("dropped"), r.get("max_starts_per_s")
+        ok = None if dropped is None else dropped == 0
+        lines.append(f"{_verdict(ok)}  W8 {r['system']} n={size_of(r)} dropped == 0: {fmt(dropped)}")
+        ok = None if peak is None else peak <= flow.W8_BOUND
+        lines.append(
+            f"{_verdict(ok)}  W8 {r['system']} n={size_of(r)} max starts in any 1 s window <= {flow.W8_BOUND}"
+            f" (limit {flow.W8_LIMIT}/s + burst {flow.W8_BURST} + 1): {fmt(peak)}"
+            f" (first start {fmt(r.get('first_start_s'))} s after the first send)"
+        )
+    if not lines:
+        lines.append(f"{_verdict(None)}  W8 dropped == 0 and max starts per 1 s window <= {flow.W8_BOUND}: n/a")
     return lines
 
 

@@ -7,6 +7,11 @@ DBOS is used with its defaults and a SQLite system database
 ``shared/reference/peer-measurements.md``: rollback journal + ``synchronous=FULL``, unbounded
 executor threads, one thread per started workflow. ``DBOS.launch()`` is outside the timed region.
 W4 runs on the real clock only (DBOS has no manual clock); W6 uses ``DBOS.recv`` and ``DBOS.send_bulk``.
+W7 uses a partitioned queue (``DBOS.register_queue(name, partition_concurrency=2)``, one partition per
+key, ``SetEnqueueOptions(queue_partition_key=...)``), W8 a queue with ``limiter={"limit": 100, "period": 1}``;
+both with the default polling interval (1 s). For W7's ``us_admission_calls_per_run``, the queue
+thread's dequeue calls on the system database are wrapped with timers while the pass runs (DBOS's
+private ``_get_dbos_instance()._sys_db``; instrumentation only).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from benchmarks import flow
 from benchmarks import workloads as wl
 
 try:
-    from dbos import DBOS, SendMessage, SetWorkflowID
+    from dbos import DBOS, SendMessage, SetEnqueueOptions, SetWorkflowID
+    from dbos._dbos import _get_dbos_instance
 except ImportError:  # pragma: no cover - exercised only where dbos is missing
     print(
         "dbos is not installed: `pip install dbos` (the benchmarks were written against 3.4.0)",
@@ -60,6 +67,20 @@ class Counter:
 
 
 RECEIVING = Counter()
+
+#: W7: step bodies executing per key (replaced for each pass). W8: when each workflow started, by i.
+W7_PEAKS = flow.PeakPerKey()
+W8_STARTS: dict[int, float] = {}
+W7_QUEUE = "w7"
+W8_QUEUE = "w8"
+#: The queue thread's calls on the system database that decide which enqueued workflows start now.
+DEQUEUE_CALLS = (
+    "dequeue_scopes",
+    "get_queue_partitions",
+    "count_pending_queue_workflows",
+    "start_queued_workflows",
+    "start_queued_partitioned_workflows",
+)
 
 
 # --------------------------------------------------------------------------- steps and workflows
@@ -121,6 +142,22 @@ def w6(k: int) -> Any:
 
 def w6_id(k: int) -> str:
     return f"w6-{k}"
+
+
+@DBOS.step()
+def w7_work(key: str) -> int:
+    return W7_PEAKS.work(key, flow.W7_STEP_SLEEP_S)
+
+
+@DBOS.workflow()
+def w7(key: str) -> int:
+    return w7_work(key)
+
+
+@DBOS.workflow()
+def w8(i: int) -> int:
+    W8_STARTS.setdefault(i, wl.now())
+    return one()
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -221,6 +258,7 @@ def run_w6(db_dir: Path, waits: int) -> dict[str, Any]:
     """``waits`` workflows block in ``DBOS.recv``; then one message each, by ``send_bulk`` in batches."""
     global RECEIVING
     RECEIVING = Counter()
+
     with launched(db_dir):
         t0 = wl.now()
         handles = []
@@ -244,8 +282,89 @@ def run_w6(db_dir: Path, waits: int) -> dict[str, Any]:
     )
 
 
+@contextmanager
+def timed_dequeue(calls: flow.CallTimer) -> Iterator[None]:
+    """Add up the wall time of the queue thread's dequeue calls (``DEQUEUE_CALLS``) while the block runs."""
+    sys_db = _get_dbos_instance()._sys_db
+    for name in DEQUEUE_CALLS:
+        setattr(sys_db, name, calls.wrap(name, getattr(sys_db, name)))
+    try:
+        yield
+    finally:
+        for name in DEQUEUE_CALLS:
+            delattr(sys_db, name)  # back to the class's methods
+
+
+class W7Pass(NamedTuple):
+    seconds: float
+    send_seconds: float
+    peaks: flow.PeakPerKey
+    calls: flow.CallTimer
+
+
+def _w7_pass(db_dir: Path, n: int, keyed: bool) -> W7Pass:
+    """Enqueue ``n`` W7 workflows (keyed: one partition per key, 2 at once each) and wait for every result."""
+    global W7_PEAKS
+    W7_PEAKS = flow.PeakPerKey()
+    calls = flow.CallTimer()
+    db_dir.mkdir()
+    keys = [flow.w7_key(i) for i in range(n)]
+    with launched(db_dir):
+        if keyed:
+            queue = DBOS.register_queue(W7_QUEUE, partition_concurrency=flow.W7_LIMIT)
+        else:
+            queue = DBOS.register_queue(W7_QUEUE)
+        with timed_dequeue(calls):
+            t0 = wl.now()
+            handles = []
+            for key in keys:
+                if keyed:
+                    with SetEnqueueOptions(queue_partition_key=key):
+                        handles.append(queue.enqueue(w7, key))
+                else:
+                    handles.append(queue.enqueue(w7, key))
+            t_sent = wl.now()
+            results = [handle.get_result() for handle in handles]
+            seconds = wl.now() - t0
+    if results != [1] * n:
+        raise RuntimeError(f"W7 ({'keyed' if keyed else 'no limit'}): expected {n} results of 1, got {len(results)}")
+    return W7Pass(seconds, t_sent - t0, W7_PEAKS, calls)
+
+
+def run_w7(db_dir: Path, n: int) -> dict[str, Any]:
+    """``n`` workflows over 100 partitions, 2 per partition at once; timed without the limit, then with it."""
+    _w7_pass(db_dir / "warmup-free", flow.W7_WARMUP_RUNS, keyed=False)
+    _w7_pass(db_dir / "warmup-keyed", flow.W7_WARMUP_RUNS, keyed=True)
+    free = _w7_pass(db_dir / "free", n, keyed=False)
+    keyed = _w7_pass(db_dir / "keyed", n, keyed=True)
+    return flow.concurrency_record(
+        SYSTEM, runs=n, seconds=keyed.seconds, seconds_without=free.seconds, send_seconds=keyed.send_seconds,
+        peak=keyed.peaks, peak_without=free.peaks, calls=keyed.calls, calls_without=free.calls,
+        extra={"send_seconds_without": round(free.send_seconds, 4)},
+    )
+
+
+def run_w8(db_dir: Path, n: int) -> dict[str, Any]:
+    """Enqueue ``n`` workflows on a queue limited to 100 starts/s; wait for every result."""
+    W8_STARTS.clear()
+    with launched(db_dir):
+        queue = DBOS.register_queue(W8_QUEUE, limiter={"limit": flow.W8_LIMIT, "period": float(flow.W8_PERIOD_S)})
+        user0, sys0 = flow.cpu_times()
+        t0 = wl.now()
+        handles = [queue.enqueue(w8, i) for i in range(n)]
+        t_sent = wl.now()
+        results = [handle.get_result() for handle in handles]
+        seconds = wl.now() - t0
+        user1, sys1 = flow.cpu_times()
+    return flow.throttle_record(
+        SYSTEM, events=n, completed=sum(1 for result in results if result == 1), seconds=seconds,
+        send_seconds=t_sent - t0, cpu_seconds=(user1 - user0) + (sys1 - sys0), starts=list(W8_STARTS.values()),
+        t0=t0, extra={"cpu_user_s": round(user1 - user0, 3), "cpu_sys_s": round(sys1 - sys0, 3)},
+    )
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
-    wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3, wl.W4: run_w4, wl.W6: run_w6,
+    wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3, wl.W4: run_w4, wl.W6: run_w6, wl.W7: run_w7, wl.W8: run_w8,
 }
 
 

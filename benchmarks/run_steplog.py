@@ -7,21 +7,32 @@ except that the per-run step limit is raised to ``workloads.MAX_STEPS_PER_RUN`` 
 5,000 steps. Starting the engine (``with client:``) is outside the timed region, as
 ``DBOS.launch()`` is on the DBOS side.
 
-Every use of steplog's API is in this module, in the "API" section below: fix it there if it moves.
+W7 and W8 (flow control) build their own clients, with the concurrency or throttle option, and time
+steplog's admission calls by wrapping them on the started client (``client.slots.offer`` and
+``release``, and the flow gate's ``key_of``); nothing in steplog is changed.
+
+Every use of steplog's API is in this module, in the "API" sections below: fix it there if it moves.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from benchmarks import flow
 from benchmarks import workloads as wl
 
 try:
+    from steplog.actors.runtime import DEFAULT_MAX_ACTIVE
+    from steplog.actors.slots import Slots
+    from steplog.engine.flow import gate as flow_gate
+
     import steplog
 except ImportError as exc:  # pragma: no cover - exercised only where steplog is not importable
     print(f"steplog is not importable from the repo root: {exc}", file=sys.stderr)
@@ -34,6 +45,8 @@ EVENT_W2 = "bench/w2"
 EVENT_W3 = "bench/w3"
 EVENT_W4 = "bench/w4"
 EVENT_W6 = "bench/w6"
+EVENT_W7 = "bench/w7"
+EVENT_W8 = "bench/w8"
 EVENT_REPLY = "app/reply"
 RESULT_TIMEOUT_S = wl.RUN_TIMEOUT_S
 
@@ -297,8 +310,177 @@ def run_w6(db_dir: Path, waits: int) -> dict[str, Any]:
     )
 
 
+# --------------------------------------------------------------------------- API for W7 and W8 (flow control)
+
+
+def make_w7_client(db_dir: Path, keyed: bool, peaks: flow.PeakPerKey) -> steplog.Steplog:
+    """W7's client: one function whose one step sleeps 5 ms; with ``keyed``, at most 2 per key execute."""
+    client = steplog.Steplog(app_id=APP_ID, db=str(db_dir / "steplog.sqlite"))
+    options: dict[str, Any] = {}
+    if keyed:
+        options["concurrency"] = [steplog.Concurrency(limit=flow.W7_LIMIT, key="event.data.k")]
+
+    @client.create_function(fn_id="w7", trigger=steplog.TriggerEvent(event=EVENT_W7), **options)
+    def w7(ctx: steplog.Context) -> int:
+        key = str(_event_data(ctx)["k"])
+        return int(ctx.step.run("work", peaks.work, key, flow.W7_STEP_SLEEP_S))
+
+    return client
+
+
+def make_w8_client(db_dir: Path, starts: dict[str, float], done: flow.Countdown) -> steplog.Steplog:
+    """W8's client: one function throttled to 100 starts/s (burst 1) with one trivial step.
+
+    The handler notes when each run first enters it (``perf_counter``; setdefault, in case it replays).
+    """
+    client = steplog.Steplog(app_id=APP_ID, db=str(db_dir / "steplog.sqlite"))
+    throttle = steplog.Throttle(limit=flow.W8_LIMIT, period=f"{flow.W8_PERIOD_S}s", burst=flow.W8_BURST)
+
+    @client.create_function(fn_id="w8", trigger=steplog.TriggerEvent(event=EVENT_W8), throttle=throttle)
+    def w8(ctx: steplog.Context) -> int:
+        starts.setdefault(ctx.run_id, wl.now())
+        return int(ctx.step.run("s1", done.add))
+
+    return client
+
+
+@contextmanager
+def timed_admission(client: steplog.Steplog, calls: flow.CallTimer) -> Iterator[None]:
+    """Add up the wall time of every ``Slots.offer``/``release`` (the supervisors' admission) and of the
+    flow gate's ``key_of`` (the concurrency key of each event, at send) while the block runs."""
+    slots = client.slots
+    slots.offer = calls.wrap("Slots.offer", slots.offer)  # type: ignore[method-assign]
+    slots.release = calls.wrap("Slots.release", slots.release)  # type: ignore[method-assign]
+    key_of = flow_gate.key_of
+    flow_gate.key_of = calls.wrap("gate.key_of", key_of)
+    try:
+        yield
+    finally:
+        flow_gate.key_of = key_of
+        del slots.offer, slots.release  # back to the class's methods
+
+
+def peak_slots_probe(client: steplog.Steplog, held: list[int]) -> Callable[[], None]:
+    """A probe for ``flow.Sampler``: the most slots of one concurrency key held at once (``held[0]``).
+
+    ``client.slots.counts()`` also lists the function's own limit (``max:<fn>``), which is left out.
+    """
+
+    def probe() -> None:
+        counts = client.slots.counts()
+        top = max((count for key, count in counts.items() if not key.startswith("max:")), default=0)
+        held[0] = max(held[0], top)
+
+    return probe
+
+
+def slots_isolated_seconds(n: int) -> float:
+    """W7's admission pattern on a bare ``Slots``, with no engine around it: ``n`` runs over 100 keys
+    (limit 2 each, plus the function's own limit) all offered at once, then released first in, first
+    out, each release admitting the runs it lets start. Returns the wall time of the offers and releases."""
+    slots = Slots()
+    own = ("max:w7", DEFAULT_MAX_ACTIVE)
+    constraints = [(own, (f"fn:w7:{flow.w7_key(i)}", flow.W7_LIMIT)) for i in range(n)]
+    run_ids = [f"run-{i}" for i in range(n)]
+    executing: deque[str] = deque()
+    released = 0
+    t0 = wl.now()
+    for i in range(n):
+        if slots.offer(run_ids[i], "w7", constraints[i], float(i)):
+            executing.append(run_ids[i])
+    while executing:
+        released += 1
+        executing.extend(run_id for _, run_id in slots.release(executing.popleft()))
+    seconds = wl.now() - t0
+    if released != n or slots.counts() or slots.waiting_count():
+        raise RuntimeError(f"W7 isolated Slots: released {released} of {n}, {slots.waiting_count()} still waiting")
+    return seconds
+
+
+def parse_started_at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()  # Python 3.11 reads the trailing Z
+
+
+# --------------------------------------------------------------------------- W7 and W8
+
+
+class W7Pass(NamedTuple):
+    seconds: float
+    send_seconds: float
+    peaks: flow.PeakPerKey
+    calls: flow.CallTimer
+    peak_slots_held: int
+
+
+def _w7_pass(db_dir: Path, n: int, keyed: bool) -> W7Pass:
+    """Send ``n`` W7 events (5,000 to a send) and wait until every run has completed."""
+    db_dir.mkdir()
+    peaks, calls, held = flow.PeakPerKey(), flow.CallTimer(), [0]
+    datas = [{"i": i, "k": flow.w7_key(i)} for i in range(n)]
+    with make_w7_client(db_dir, keyed, peaks) as client:
+        with timed_admission(client, calls), flow.Sampler(peak_slots_probe(client, held)):
+            t0 = wl.now()
+            send_batched(client, EVENT_W7, datas)
+            t_sent = wl.now()
+            client.run_until_idle()
+            seconds = wl.now() - t0
+        done = completed_runs(client, "w7")
+    if done != n:
+        raise RuntimeError(f"W7 ({'keyed' if keyed else 'no limit'}): expected {n} completed runs, found {done}")
+    return W7Pass(seconds, t_sent - t0, peaks, calls, held[0])
+
+
+def run_w7(db_dir: Path, n: int) -> dict[str, Any]:
+    """``n`` runs over 100 keys, 2 per key at once; timed without the limit, then with it."""
+    _w7_pass(db_dir / "warmup-free", flow.W7_WARMUP_RUNS, keyed=False)
+    _w7_pass(db_dir / "warmup-keyed", flow.W7_WARMUP_RUNS, keyed=True)
+    free = _w7_pass(db_dir / "free", n, keyed=False)
+    keyed = _w7_pass(db_dir / "keyed", n, keyed=True)
+    isolated = slots_isolated_seconds(n)
+    return flow.concurrency_record(
+        SYSTEM, runs=n, seconds=keyed.seconds, seconds_without=free.seconds, send_seconds=keyed.send_seconds,
+        peak=keyed.peaks, peak_without=free.peaks, calls=keyed.calls, calls_without=free.calls,
+        extra={
+            "send_seconds_without": round(free.send_seconds, 4),
+            "peak_slots_held_per_key": keyed.peak_slots_held,
+            "us_slots_isolated_per_run": round(isolated * 1e6 / n, 3),
+        },
+    )
+
+
+def run_w8(db_dir: Path, n: int) -> dict[str, Any]:
+    """Send ``n`` events to a function throttled to 100 starts/s; wait until every run has completed."""
+    starts: dict[str, float] = {}
+    done = flow.Countdown()
+    datas = [{"i": i} for i in range(n)]
+    with make_w8_client(db_dir, starts, done) as client:
+        user0, sys0 = flow.cpu_times()
+        t0 = wl.now()
+        send_batched(client, EVENT_W8, datas)
+        t_sent = wl.now()
+        # throttled runs wait on the timer, which run_until_idle does not wait for: count their steps first
+        all_ran = done.wait_for(n, wl.RUN_TIMEOUT_S + n * flow.W8_PERIOD_S / flow.W8_LIMIT)
+        client.run_until_idle()
+        seconds = wl.now() - t0
+        user1, sys1 = flow.cpu_times()
+        rows = list(client.list_runs(function_id="w8", limit=None))
+    statuses = Counter(row["status"] for row in rows)
+    logged = [parse_started_at(row["started_at"]) for row in rows if row.get("started_at")]
+    return flow.throttle_record(
+        SYSTEM, events=n, completed=statuses.get("completed", 0), seconds=seconds, send_seconds=t_sent - t0,
+        cpu_seconds=(user1 - user0) + (sys1 - sys0), starts=list(starts.values()), t0=t0,
+        extra={
+            "cpu_user_s": round(user1 - user0, 3),
+            "cpu_sys_s": round(sys1 - sys0, 3),
+            "max_starts_per_s_log": flow.max_in_window(logged),
+            "statuses": dict(statuses),
+            "timed_out": not all_ran,
+        },
+    )
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
-    wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3, wl.W4: run_w4, wl.W6: run_w6,
+    wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3, wl.W4: run_w4, wl.W6: run_w6, wl.W7: run_w7, wl.W8: run_w8,
 }
 
 

@@ -28,7 +28,9 @@ W2 = "W2"
 W3 = "W3"
 W4 = "W4"
 W6 = "W6"
-WORKLOADS: tuple[str, ...] = (W1, W2, W3, W4, W6)
+W7 = "W7"
+W8 = "W8"
+WORKLOADS: tuple[str, ...] = (W1, W2, W3, W4, W6, W7, W8)
 
 SYSTEMS: tuple[str, ...] = ("steplog", "dbos")
 
@@ -39,6 +41,10 @@ DESCRIPTIONS: dict[str, str] = {
     W4: "sleeping runs: N runs sleep 60 s (manual clock) or 2 s (real clock), then run one step;"
     " deadline -> last completion, and RSS while they sleep",
     W6: "fan-in: W runs wait for their own reply event, then W replies are sent; reply -> last completion",
+    W7: "keyed concurrency: N runs over 100 keys, at most 2 executing per key, one 5 ms step each;"
+    " first send -> last completion, peak executing per key, admission cost per run",
+    W8: "throttled flood: N events against a throttle of 100 starts/s; max starts in any 1 s window,"
+    " runs dropped, cost per event accepted",
 }
 
 #: W4 runs on two clocks: ``manual`` (steplog's ManualClock, advanced past the deadline at once)
@@ -72,6 +78,16 @@ FIGURES: tuple[str, ...] = (
     "seconds",
 )
 
+#: Figures of the flow-control workloads (W7, W8), shown in the table after FIGURES; only W7 and W8
+#: records carry them (see ``benchmarks.flow``).
+FLOW_FIGURES: tuple[str, ...] = (
+    "peak_executing_per_key",
+    "us_admission_per_run",
+    "max_starts_per_s",
+    "dropped",
+    "us_per_event",
+)
+
 #: True where a larger figure is better (used to read the steplog/dbos ratio).
 HIGHER_IS_BETTER: dict[str, bool] = {
     "runs_per_s": True,
@@ -81,6 +97,11 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "p99_ms": False,
     "peak_rss_mb": False,
     "seconds": False,
+    "peak_executing_per_key": False,  # a check: must be <= the limit (2)
+    "us_admission_per_run": False,
+    "max_starts_per_s": False,  # a check: must stay within the throttle's bound
+    "dropped": False,  # a check: must be 0
+    "us_per_event": False,
 }
 
 
@@ -98,7 +119,8 @@ class Point:
 
 @dataclass(frozen=True)
 class Sizes:
-    """The sizes of one benchmark pass: N for W1, W3 and W4 (per clock), the lists of S (W2) and W (W6)."""
+    """The sizes of one benchmark pass: N for W1, W3, W4 (per clock) and W7, the lists of S (W2) and
+    W (W6), and the events of W8."""
 
     w1_runs: int
     w2_steps: tuple[int, ...]
@@ -106,6 +128,8 @@ class Sizes:
     w4_manual_runs: int
     w4_real_runs: int
     w6_waits: tuple[int, ...]
+    w7_runs: int
+    w8_events: int
 
     def points(self, workload: str) -> tuple[Point, ...]:
         """The points to run for ``workload``: one child process is started per point."""
@@ -119,16 +143,22 @@ class Sizes:
             return (Point(self.w4_manual_runs, CLOCK_MANUAL), Point(self.w4_real_runs, CLOCK_REAL))
         if workload == W6:
             return tuple(Point(w) for w in self.w6_waits)
+        if workload == W7:
+            return (Point(self.w7_runs),)
+        if workload == W8:
+            return (Point(self.w8_events),)
         raise ValueError(f"unknown workload {workload!r}; expected one of {', '.join(WORKLOADS)}")
 
 
 FULL = Sizes(
     w1_runs=2000, w2_steps=(100, 1000, 5000), w3_runs=200,
     w4_manual_runs=100_000, w4_real_runs=1000, w6_waits=(1000, 5000, 10_000),
+    w7_runs=10_000, w8_events=20_000,
 )
 QUICK = Sizes(
     w1_runs=200, w2_steps=(100, 1000), w3_runs=50,
     w4_manual_runs=5000, w4_real_runs=200, w6_waits=(1000,),
+    w7_runs=1000, w8_events=2000,
 )
 
 #: steplog's per-run step limit must be raised above its default (1,000) for W2.
@@ -294,7 +324,8 @@ def parse_child_args(system: str, argv: Sequence[str] | None = None) -> ChildArg
         "--n",
         type=_size_list,
         default=None,
-        help="runs (W1, W3, W4), steps per run (W2) or waits (W6); a comma-separated list runs each",
+        help="runs (W1, W3, W4, W7), steps per run (W2), waits (W6) or events (W8);"
+        " a comma-separated list runs each",
     )
     parser.add_argument(
         "--clock", choices=W4_CLOCKS, default=None, help="W4 only: manual or real (default: both)"

@@ -321,8 +321,7 @@ class Coordinator:
         """Start the debounces and batches that are due, each run in its own append."""
         effects = _Effects()
         routed: list[Routed] = []
-        errors: list[str] = []
-        for action in self.flow.fire_due(now, self._flow_of, effects.journal, errors):
+        for action in self.flow.fire_due(now, self._flow_of, effects.journal):
             function = self.registry.get(action.function_id)
             assert function is not None
             run = realize(action, function, now)

@@ -147,7 +147,7 @@ def _skipped(entry: Entry, run_id: str) -> list[Change]:
         "scheduled_at": entry.recorded_at, "ended_at": data["at"], "updated_at": entry.recorded_at, "steps": 0,
         "error": _json(error), "flow": None,
     }
-    return [Upsert("runs", run)]
+    return [Upsert("runs", run), *_buckets(data)]
 
 
 def _debounce_pushed(entry: Entry, _id: str) -> list[Change]:

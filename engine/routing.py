@@ -157,6 +157,7 @@ def realize(action: Start | Skip, function: FunctionDef, now: datetime) -> Sched
     if isinstance(action, Skip):
         data = {"run_id": action.run_id, "function_id": function.id, "event_ids": event_ids, "events": events,
                 "reason": action.reason, "message": action.message, "at": format_time(now)}
+        data.update(_flow_record(action.buckets, action.errors))
         return ScheduledRun(action.run_id, function.id, NewEntry(r.RUN_SKIPPED, data), event_ids[0])
     return _schedule(function, action, event_ids, events, now)
 
@@ -168,6 +169,16 @@ def run_writes(run: ScheduledRun, action: Start | Skip) -> list[StreamWrite]:
         data = {**entry.data, "run_id": run.run_id}
         writes.append(StreamWrite(stream, (NewEntry(entry.type, data),)))
     return writes
+
+
+def _flow_record(buckets: list[list[Any]], errors: tuple[str, ...]) -> dict[str, Any]:
+    """The bucket times a run's scheduling (or skip) moved, and key errors met when a debounce or batch fired."""
+    record: dict[str, Any] = {}
+    if buckets:
+        record["buckets"] = buckets
+    if errors:
+        record["flow_errors"] = list(errors)
+    return record
 
 
 def _match(event: dict[str, Any], functions: Sequence[FunctionDef]) -> tuple[list[FunctionDef], list[dict[str, Any]]]:
@@ -205,8 +216,7 @@ def _schedule(
     }
     if action.flow:
         data["flow"] = action.flow
-    if action.buckets:
-        data["buckets"] = action.buckets
+    data.update(_flow_record(action.buckets, action.errors))
     pauses = tuple(
         make_pause(
             run_id=run_id, function_id=function.id, step=f"cancel:{index}", kind=CANCEL_KIND, event=rule.event,

@@ -66,6 +66,8 @@ class Start:
     """The active run that singleton's cancel mode cancels."""
     writes: tuple[tuple[str, NewEntry], ...] = ()
     """Entries for flow streams written with it (a debounce fired, a batch flushed)."""
+    errors: tuple[str, ...] = ()
+    """Key expressions that failed when a debounce or batch fired (recorded on the run)."""
 
 
 @attrs.frozen
@@ -78,6 +80,9 @@ class Skip:
     reason: str
     message: str
     writes: tuple[tuple[str, NewEntry], ...] = ()
+    buckets: list[list[Any]] = attrs.Factory(list)
+    """Bucket times the event moved before it was skipped (a rate limit passed, singleton skipped)."""
+    errors: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -293,9 +298,9 @@ class FlowGate:
         return datetime.fromtimestamp(self._due[0][0], tz=timezone.utc) if self._due else None
 
     def fire_due(
-        self, now: datetime, flow_of: Callable[[str], FlowControl | None], journal: Journal, errors: list[str]
+        self, now: datetime, flow_of: Callable[[str], FlowControl | None], journal: Journal
     ) -> list[Start | Skip]:
-        """Start every debounce and batch whose time has come."""
+        """Start every debounce and batch whose time has come; key errors met on the way go with each run."""
         actions: list[Start | Skip] = []
         t = now.timestamp()
         while self._due and self._due[0][0] <= t:
@@ -306,16 +311,18 @@ class FlowGate:
             flow = flow_of(function_id)
             if flow is None:
                 continue  # its function is not defined in this process: it stays pending in the log
+            errors: list[str] = []
             if kind == "debounce":
                 pending = self.debounces[(function_id, key)]
                 journal.pop(self.debounces, (function_id, key))
                 fired = NewEntry(DEBOUNCE_FIRED, {"function_id": function_id, "key": key})
-                actions.append(self.start(function_id, flow, (pending.received,), now, journal, errors,
-                                          ((pending.stream, fired),)))
+                action = self.start(function_id, flow, (pending.received,), now, journal, errors,
+                                    ((pending.stream, fired),))
             else:
                 batch = self.batches[(function_id, key)]
                 journal.pop(self.batches, (function_id, key))
-                actions.append(self._flush(function_id, flow, key, batch, now, journal, errors))
+                action = self._flush(function_id, flow, key, batch, now, journal, errors)
+            actions.append(attrs.evolve(action, errors=tuple(errors)) if errors else action)
         return actions
 
     def _current(self, entry: tuple[float, str, str, str]) -> bool:
@@ -371,9 +378,7 @@ class FlowGate:
 
 
 def _with_buckets(action: Start | Skip, buckets: list[list[Any]]) -> Start | Skip:
-    if not buckets or not isinstance(action, Start):
-        return action
-    return attrs.evolve(action, buckets=buckets + action.buckets)
+    return attrs.evolve(action, buckets=buckets + action.buckets) if buckets else action
 
 
 def _holds(condition: Expression, event: dict[str, Any], errors: list[str]) -> bool:

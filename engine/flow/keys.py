@@ -1,7 +1,7 @@
 """Flow-control keys: the value of a key expression for an event, as text.
 
-A key's CEL result is used as it is when it is a string and as its JSON text otherwise (so ``1``
-and ``"1"`` are different keys). An expression that fails on an event does not stop the event:
+A key's CEL result is used as it is when it is a string and as its JSON text otherwise. Keys
+are text, as in Inngest, so ``1`` and ``"1"`` are the same key (and ``null`` and ``"null"``). An expression that fails on an event does not stop the event:
 the error is recorded on the event, and the event gets the empty key ``""``, so the limit still
 applies to it (shared with every other event whose key failed).
 """
@@ -35,4 +35,7 @@ def priority_of(expression: Expression | None, event: dict[str, Any], errors: li
     except ExpressionError as error:
         errors.append(f"priority.run: {error}")
         return 0
-    return max(-bound, min(bound, int(value)))
+    if value != value:  # NaN (0.0 / 0.0): no order at all
+        errors.append("priority.run: the result is not a number (NaN); using 0")
+        return 0
+    return int(max(-bound, min(bound, value)))

@@ -1,0 +1,676 @@
+"""Flow control as hypothesis state machines over the synchronous Engine, one per policy, each
+checked against a plain-Python reference model of that policy.
+
+Every machine drives one function (trigger ``app/go``, key ``event.data.k``) on a ManualClock,
+over a MemoryEventStore (a crash builds a new Engine over the same store) or a SQLite file (a
+crash closes the store and opens the file again), drawn per example. Rules send events (one at a
+time or several in one send, sometimes reusing an earlier event id), move the clock (in steps
+through every time the model expects something to happen, in one jump, or to the engine's next
+timer or just short of it) and crash, optionally with time passing while the process is down;
+after a crash ``start()`` rebuilds everything in memory from the log and its projections.
+
+The handler records (clock time, the ``n`` of each event in ``ctx.events``) once per run id (a
+resumed run runs its code again). The models say, from the stream of events and clock times,
+which runs are scheduled with which events and for when (``ready``), which start at which clock
+time (the first time the engine is driven at or after ``ready``), which are skipped and why,
+and what is pending:
+
+- throttle: GCRA virtual scheduling per key: ``start = max(ready, tat - burst*T)``,
+  ``tat = max(tat, start) + T`` with ``T = period/limit``; nothing is dropped;
+- rate limit: GCRA per key with ``burst = limit // 10``; an event over it is skipped;
+- idempotency: one run per key per 24 h, the rest skipped;
+- debounce: per key the last event (an event older than it, by ``ts``, is ignored) and the time
+  of the first; it fires at ``min(last + period, first + timeout)`` with the last event;
+- batching: per key the events in order, due ``timeout`` after the first; a full batch starts at
+  once; an event for which ``if_exp`` is not true starts alone at once;
+- singleton: one active run per key (each run sleeps ``data.s`` seconds); a new event is skipped
+  (mode skip) or cancels the active run and starts (mode cancel).
+
+Duplicates (an id seen in the last 24 h) start nothing and reach no policy, as the engine
+documents. After every rule: the runs (events, ready time, start time, status), the skips (from
+``queries.list_runs(status="skipped")``), the pending debounces and batches and the GCRA bucket
+times equal the model's, the projections equal a rebuild from the log, and a throttle never
+schedules more than ``limit + burst + 1`` starts of one key in a closed window of one period
+(the gate's ``W/T + burst + 1``). At teardown the clock runs until nothing is due: every model run
+has started and no debounce or batch is left.
+
+The machines stay away from one path where the engine disagrees with the model (an event that
+arrives after its key's debounce is due, before the engine fired it); see the xfail tests at the
+end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from steplog.engine import (
+    Batch,
+    Context,
+    Debounce,
+    Engine,
+    FlowOptions,
+    FunctionDef,
+    FunctionRegistry,
+    ManualClock,
+    RateLimit,
+    RunProjector,
+    Singleton,
+    Throttle,
+    TriggerEvent,
+    define_function,
+    queries,
+)
+from steplog.engine import records as r
+from steplog.eventstore import EventStore, MemoryEventStore, SqliteEventStore, parse_time
+
+START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+KEYS = ["a", "b", "c"]
+DAY = 86400.0
+TICK = timedelta(microseconds=1)
+ADVANCES = [0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 30.0]
+"""Seconds; with the periods below (whole seconds, emission intervals that are binary fractions)
+every time the models compute is exact in floating point."""
+DOWNTIMES = [0.0, 0.0, 1.0, 7.0]
+REUSE = [0, 0, 0, 0, 0, 1, 2, 4]
+"""0: a fresh event id; k: the id of the k-th last event sent."""
+SETTINGS = settings(max_examples=25, stateful_step_count=30, deadline=None)
+
+
+def at(seconds: float) -> datetime:
+    """A model time (seconds since the epoch) as the engine rounds it (to the microsecond)."""
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+# -- the reference models ------------------------------------------------------------------
+
+
+@dataclass
+class ModelRun:
+    ns: tuple[int, ...]
+    """The ``n`` of its events, in order."""
+    key: str
+    ready: datetime
+    started: datetime | None = None
+    sleep: float = 0.0
+    ended: datetime | None = None
+    status: str = "queued"
+
+
+@dataclass
+class Model:
+    """Runs, skips and pending items, advanced by events and by the times the engine is driven at."""
+
+    runs: list[ModelRun] = field(default_factory=list)
+    skips: list[tuple[tuple[int, ...], str]] = field(default_factory=list)
+    tats: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(kind, key) -> GCRA theoretical arrival time, for throttle and rate limits."""
+    notes: set[str] = field(default_factory=set)
+    """What happened that is worth counting in the statistics."""
+
+    def event(self, n: int, key: str, ts_ms: int, data: dict[str, Any], now: datetime) -> None:
+        raise NotImplementedError
+
+    def fire(self, now: datetime) -> None:
+        """Start what is due (debounces, batches)."""
+
+    def pending_times(self) -> list[datetime]:
+        return []
+
+    def pending_items(self) -> tuple[set[Any], set[Any]]:
+        """(debounces as (key, n, due), batched events as (key, n, due))."""
+        return set(), set()
+
+    def settle(self, now: datetime) -> None:
+        """The engine was driven at ``now``: due items fire, ready runs start, sleeps end."""
+        self.fire(now)
+        for run in self.runs:
+            if run.status == "queued" and run.ready <= now:  # (a queued run may have been cancelled)
+                run.started, run.status = now, "waiting"
+            if run.status == "waiting" and run.started is not None and run.started + timedelta(seconds=run.sleep) <= now:
+                run.status, run.ended = "completed", now
+
+    def times(self) -> list[datetime]:
+        """When something is next due to happen, as the model sees it."""
+        waiting = [run.ready for run in self.runs if run.status == "queued"]
+        sleeping = [run.started + timedelta(seconds=run.sleep) for run in self.runs
+                    if run.status == "waiting" and run.started is not None]
+        return waiting + sleeping + self.pending_times()
+
+    def start_now(self, ns: tuple[int, ...], key: str, now: datetime, sleep: float = 0.0) -> ModelRun:
+        run = ModelRun(ns, key, now, sleep=sleep)
+        self.runs.append(run)
+        return run
+
+    def gcra(self, kind: str, key: str, t: float, emission: float, burst: int) -> float:
+        """Virtual scheduling: the earliest conforming time at or after ``t``; moves the TAT."""
+        tat = self.tats.get((kind, key))
+        start = t if tat is None else max(t, tat - burst * emission)
+        self.tats[(kind, key)] = max(tat if tat is not None else start, start) + emission
+        return start
+
+
+@dataclass
+class ThrottleModel(Model):
+    limit: int = 1
+    period: float = 1.0
+    burst: int = 0
+
+    def event(self, n: int, key: str, ts_ms: int, data: dict[str, Any], now: datetime) -> None:
+        ready = max(now.timestamp(), ts_ms / 1000)  # a future ts delays the start
+        start = self.gcra("throttle", key, ready, self.period / self.limit, self.burst)
+        if start > ready:
+            self.notes.add("throttle delayed a run")
+        self.runs.append(ModelRun((n,), key, at(start)))
+
+
+@dataclass
+class RateModel(Model):
+    limit: int = 1
+    period: float = 1.0
+    reason: str = "rate_limit"
+
+    def event(self, n: int, key: str, ts_ms: int, data: dict[str, Any], now: datetime) -> None:
+        t, emission, burst = now.timestamp(), self.period / self.limit, self.limit // 10
+        tat = self.tats.get(("rate", key))
+        if tat is not None and tat - burst * emission > t:
+            self.skips.append(((n,), self.reason))
+            return
+        self.gcra("rate", key, t, emission, burst)
+        self.start_now((n,), key, now)
+
+
+@dataclass
+class DebounceModel(Model):
+    period: float = 1.0
+    timeout: float | None = None
+    pending: dict[str, tuple[int, int, float, float]] = field(default_factory=dict)
+    """key -> (n, ts of the event, time of the first event, due)."""
+
+    def event(self, n: int, key: str, ts_ms: int, data: dict[str, Any], now: datetime) -> None:
+        t = now.timestamp()
+        held = self.pending.get(key)
+        if held is not None and ts_ms < held[1]:
+            self.notes.add("debounce ignored an older event")
+            return  # older than the pending event: ignored
+        first = held[2] if held is not None else t
+        due = t + self.period
+        if self.timeout is not None and first + self.timeout < due:
+            self.notes.add("debounce timeout capped the delay")
+            due = first + self.timeout
+        self.pending[key] = (n, ts_ms, first, due)
+
+    def fire(self, now: datetime) -> None:
+        for key, (n, _, _, due) in list(self.pending.items()):
+            if due <= now.timestamp():
+                del self.pending[key]
+                self.start_now((n,), key, now)
+
+    def pending_times(self) -> list[datetime]:
+        return [at(due) for _, _, _, due in self.pending.values()]
+
+    def pending_items(self) -> tuple[set[Any], set[Any]]:
+        return {(key, n, due) for key, (n, _, _, due) in self.pending.items()}, set()
+
+
+@dataclass
+class BatchModel(Model):
+    max_size: int = 2
+    timeout: float = 1.0
+    pending: dict[str, tuple[list[int], float]] = field(default_factory=dict)
+    """key -> (the events' n in order, due)."""
+
+    def event(self, n: int, key: str, ts_ms: int, data: dict[str, Any], now: datetime) -> None:
+        if data.get("b") is not True:  # if_exp false, or failing on a missing field: alone, at once
+            self.notes.add("an event ran unbatched")
+            self.start_now((n,), key, now)
+            return
+        ns, due = self.pending.get(key) or ([], now.timestamp() + self.timeout)
+        ns = ns + [n]
+        if len(ns) >= self.max_size:
+            self.notes.add("a batch was full")
+            self.pending.pop(key, None)
+            self.start_now(tuple(ns), key, now)
+        else:
+            self.pending[key] = (ns, due)
+
+    def fire(self, now: datetime) -> None:
+        for key, (ns, due) in list(self.pending.items()):
+            if due <= now.timestamp():
+                del self.pending[key]
+                self.start_now(tuple(ns), key, now)
+
+    def pending_times(self) -> list[datetime]:
+        return [at(due) for _, due in self.pending.values()]
+
+    def pending_items(self) -> tuple[set[Any], set[Any]]:
+        return set(), {(key, n, due) for key, (ns, due) in self.pending.items() for n in ns}
+
+
+@dataclass
+class SingletonModel(Model):
+    mode: str = "skip"
+
+    def event(self, n: int, key: str, ts_ms: int, data: dict[str, Any], now: datetime) -> None:
+        active = [run for run in self.runs if run.key == key and run.status in ("queued", "waiting")]
+        if active and self.mode == "skip":
+            self.skips.append(((n,), "singleton"))
+            return
+        for run in active:
+            run.status, run.ended = "cancelled", now
+        self.start_now((n,), key, now, sleep=float(data["s"]))
+
+
+# -- the machine -----------------------------------------------------------------------------
+
+
+class FlowMachine(RuleBasedStateMachine):
+    """The rules and checks every policy shares; a subclass gives the function and the model."""
+
+    EXTRAS: ClassVar[list[dict[str, Any]]] = [{}]
+    """What an event may carry besides its key: data fields, and ``ts`` (seconds from now)."""
+    ADVANCES: ClassVar[list[float]] = ADVANCES
+    DOWNTIMES: ClassVar[list[float]] = DOWNTIMES
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = ManualClock(START)
+        self.records: dict[str, tuple[datetime, tuple[int, ...]]] = {}
+        self.sent: list[str] = []
+        self.seen: dict[str, float] = {}
+        """Event id -> when an event with it was accepted (not as a duplicate)."""
+        self.count = 0
+        self.crashes = 0
+        self.exact = True
+        """No jump and no downtime so far: every run started exactly at its ready time."""
+        self.config: dict[str, Any] = {}
+        self.model: Model = Model()
+        self.function: FunctionDef | None = None
+        self.backend = "memory"
+        self.store: EventStore | None = None
+        self.engine: Engine | None = None
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- what a subclass gives ------------------------------------------------------------------
+
+    @classmethod
+    def configs(cls) -> st.SearchStrategy[dict[str, Any]]:
+        return st.just({})
+
+    def flow(self) -> FlowOptions:
+        raise NotImplementedError
+
+    def make_model(self) -> Model:
+        raise NotImplementedError
+
+    # -- the engine ----------------------------------------------------------------------------
+
+    @initialize(backend=st.sampled_from(["memory", "sqlite"]), data=st.data())
+    def setup(self, backend: str, data: st.DataObject) -> None:
+        self.config = data.draw(self.configs(), label="config")
+        self.model = self.make_model()
+        self.backend = backend
+
+        def handler(ctx: Context) -> None:
+            ns = tuple(event.data["n"] for event in ctx.events)
+            self.records.setdefault(ctx.run_id, (self.clock.now(), ns))
+            if "s" in ctx.event.data:
+                ctx.step.sleep("s", ctx.event.data["s"])
+
+        self.function = define_function(handler, fn_id="flow", trigger=TriggerEvent(event="app/go"), flow=self.flow())
+        if backend == "memory":
+            self.store = MemoryEventStore(RunProjector())
+        else:
+            self._directory = tempfile.TemporaryDirectory(prefix="steplog-flow-", dir=SCRATCH)
+            self.store = self._open_file()
+        self.engine = self._new_engine()
+
+    def _open_file(self) -> SqliteEventStore:
+        assert self._directory is not None
+        return SqliteEventStore(Path(self._directory.name) / "runs.db", RunProjector(), synchronous="OFF")
+
+    def _new_engine(self) -> Engine:
+        assert self.store is not None and self.function is not None
+        registry = FunctionRegistry()
+        registry.add(self.function)
+        engine = Engine(self.store, registry=registry, clock=self.clock)
+        engine.start()
+        engine.run_until_idle()
+        return engine
+
+    def teardown(self) -> None:
+        try:
+            if self.engine is not None:
+                self._drain()
+                self._statistics()
+        finally:
+            if isinstance(self.store, SqliteEventStore):
+                self.store.close()
+            if self._directory is not None:
+                self._directory.cleanup()
+
+    def _drain(self) -> None:
+        """Run the clock until nothing is due; everything the model expects must have happened."""
+        assert self.engine is not None and self.store is not None
+        for _ in range(1000):
+            upcoming = self.model.times() + [when for when in [self.engine.next_timer()] if when is not None]
+            if not upcoming:
+                break
+            self._step_to(max(min(upcoming), self.clock.now()))
+        else:
+            raise AssertionError("the clock ran 1000 steps and something was still due")
+        self.check()
+        assert all(run.started is not None or run.status == "cancelled" for run in self.model.runs)
+        assert all(run.status in ("completed", "cancelled") for run in self.model.runs)
+        assert self.store.query("debounces") == []
+        assert self.store.query("batched") == []
+        assert self.store.query("queue") == []
+        assert self.store.query("timers") == []
+
+    def _statistics(self) -> None:
+        """What the example exercised, for ``--hypothesis-show-statistics``."""
+        runs = self.model.runs
+        event(f"{self.backend}, {'no crash' if not self.crashes else 'crashed'}")
+        event(f"runs: {min(len(runs), 10)}{'+' if len(runs) >= 10 else ''}")
+        for reason in sorted({reason for _, reason in self.model.skips}):
+            event(f"skipped: {reason}")
+        if any(run.status == "cancelled" for run in runs):
+            event("a run was cancelled")
+        if any(len(run.ns) > 1 for run in runs):
+            event("a run got several events")
+        if any(run.started is not None and run.started > run.ready for run in runs):
+            event("a run started after its ready time (a jump or downtime)")
+        if len(self.seen) < self.count:
+            event("a duplicate event id")
+        for note in sorted(self.model.notes):
+            event(note)
+
+    # -- driving ----------------------------------------------------------------------------
+
+    def _step_to(self, when: datetime) -> None:
+        """Advance the engine to ``when`` (not before now) and let the model settle there."""
+        assert self.engine is not None
+        self.engine.advance(max(when - self.clock.now(), timedelta(0)))
+        self.model.settle(self.clock.now())
+
+    def _event(self, key: str, reuse: int, extra: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A fresh event (and what the model is told of it); its id maybe that of an earlier one."""
+        self.count += 1
+        options = dict(self.EXTRAS[extra % len(self.EXTRAS)])
+        offset = options.pop("ts", None)
+        event_id = self.sent[-reuse] if 0 < reuse <= len(self.sent) else f"e{self.count}"
+        self.sent.append(event_id)
+        event: dict[str, Any] = {"name": "app/go", "id": event_id, "data": {"k": key, "n": self.count, **options}}
+        millis = int(self.clock.now().timestamp() * 1000)
+        if offset is not None:
+            event["ts"] = millis + int(offset * 1000)
+        return event, {"id": event_id, "n": self.count, "key": key, "ts": event.get("ts", millis), "data": options}
+
+    def _model_accepts(self, told: dict[str, Any]) -> None:
+        now = self.clock.now()
+        earlier = self.seen.get(told["id"])
+        if earlier is not None and now.timestamp() - earlier < DAY:
+            return  # a duplicate: recorded, starts nothing
+        self.seen[told["id"]] = now.timestamp()
+        self.model.event(told["n"], told["key"], told["ts"], told["data"], now)
+
+    def _send(self, events: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        assert self.engine is not None
+        self.engine.send([event for event, _ in events])
+        for _, told in events:
+            self._model_accepts(told)
+        self.engine.run_until_idle()
+        self.model.settle(self.clock.now())
+
+    # -- rules --------------------------------------------------------------------------------
+
+    @rule(key=st.sampled_from(KEYS), reuse=st.sampled_from(REUSE), extra=st.integers(0, 7))
+    def send(self, key: str, reuse: int, extra: int) -> None:
+        self._send([self._event(key, reuse, extra)])
+
+    @rule(items=st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(REUSE), st.integers(0, 7)),
+                         min_size=2, max_size=4))
+    def send_several_at_once(self, items: list[tuple[str, int, int]]) -> None:
+        """One send, one commit: each event sees the gate as the ones before it left it."""
+        self._send([self._event(key, reuse, extra) for key, reuse, extra in items])
+
+    @rule(data=st.data())
+    def advance(self, data: st.DataObject) -> None:
+        """Move the clock in steps: to every time the model expects something, then to the target."""
+        seconds = data.draw(st.sampled_from(self.ADVANCES), label="seconds")
+        target = self.clock.now() + timedelta(seconds=seconds)
+        while True:
+            due = [when for when in self.model.times() if self.clock.now() < when < target]
+            if not due:
+                break
+            self._step_to(min(due))
+        self._step_to(target)
+
+    @rule(data=st.data())
+    def jump(self, data: st.DataObject) -> None:
+        """Move the clock in one go: what fell due meanwhile runs at the new time."""
+        seconds = data.draw(st.sampled_from(self.ADVANCES), label="seconds")
+        self.exact = False
+        self._step_to(self.clock.now() + timedelta(seconds=seconds))
+
+    @precondition(lambda self: self.engine is not None and self.engine.next_timer() is not None)
+    @rule(short=st.booleans())
+    def advance_to_next_timer(self, short: bool) -> None:
+        """Exactly to the engine's next timer, or one microsecond short of it."""
+        assert self.engine is not None
+        due = self.engine.next_timer()
+        assert due is not None
+        if short and due - self.clock.now() >= TICK:
+            due -= TICK
+        self._step_to(due)
+
+    @rule(data=st.data())
+    def crash(self, data: st.DataObject) -> None:
+        """The process dies; time may pass; a new Engine over the same log starts."""
+        self._crash(data.draw(st.sampled_from(self.DOWNTIMES), label="downtime"))
+
+    @rule(key=st.sampled_from(KEYS), reuse=st.sampled_from(REUSE), extra=st.integers(0, 7), data=st.data())
+    def send_then_crash(self, key: str, reuse: int, extra: int, data: st.DataObject) -> None:
+        """The send is committed; the process dies before anything runs (the runs it started, the
+        run a singleton cancels)."""
+        assert self.engine is not None
+        event, told = self._event(key, reuse, extra)
+        self.engine.send(event)
+        self._model_accepts(told)
+        self._crash(data.draw(st.sampled_from(self.DOWNTIMES), label="downtime"))
+
+    def _crash(self, downtime: float) -> None:
+        self.crashes += 1
+        if isinstance(self.store, SqliteEventStore):
+            self.store.close()
+            self.store = self._open_file()
+        self.engine = None
+        if downtime:
+            self.exact = False
+            self.clock.advance(downtime)
+        self.engine = self._new_engine()
+        self.model.settle(self.clock.now())
+
+    # -- checks -------------------------------------------------------------------------------
+
+    @invariant()
+    def agrees_with_the_model(self) -> None:
+        if self.engine is not None:
+            self.check()
+
+    def check(self) -> None:
+        assert self.store is not None
+        store = self.store
+        expected = {run.ns: (run.ready, run.started, run.status) for run in self.model.runs}
+        assert len(expected) == len(self.model.runs)
+        got: dict[tuple[int, ...], tuple[datetime, datetime | None, str]] = {}
+        for row in store.query("runs"):
+            if row["status"] == "skipped":
+                continue
+            [first, *_] = store.read_stream(r.run_stream(row["run_id"]))
+            assert first.type == r.RUN_SCHEDULED
+            ns = tuple(event["data"]["n"] for event in first.data["events"])
+            record = self.records.get(row["run_id"])
+            if record is not None:
+                assert record[1] == ns
+            assert ns not in got
+            got[ns] = (parse_time(first.data["ready_at"]), record[0] if record else None, row["status"])
+        assert got == expected
+        assert set(self.records) <= {row["run_id"] for row in store.query("runs")}
+
+        skipped = []
+        for row in queries.list_runs(store, status="skipped", limit=None):
+            [entry] = store.read_stream(r.run_stream(row["run_id"]))
+            assert entry.type == r.RUN_SKIPPED and row["error"]["reason"] == entry.data["reason"]
+            skipped.append((tuple(event["data"]["n"] for event in entry.data["events"]), entry.data["reason"]))
+        assert sorted(skipped) == sorted(self.model.skips)
+
+        debounces, batched = self.model.pending_items()
+        rows = store.query("debounces")
+        assert {(row["key"], json.loads(row["event"])["data"]["n"], row["due_at"]) for row in rows} == debounces
+        assert len(rows) == len(debounces)
+        rows = store.query("batched")
+        assert {(row["key"], json.loads(row["event"])["data"]["n"], row["due_at"]) for row in rows} == batched
+        assert len(rows) == len(batched)
+
+        buckets = {(row["kind"], row["key"]): row["tat"] for row in store.query("buckets")}
+        assert buckets == self.model.tats
+
+        assert store.rebuild_projections(apply=False) == []
+
+
+class ThrottleMachine(FlowMachine):
+    EXTRAS: ClassVar[list[dict[str, Any]]] = [{}, {}, {}, {}, {"ts": 3.0}, {"ts": -2.0}]
+
+    @classmethod
+    def configs(cls) -> st.SearchStrategy[dict[str, Any]]:
+        return st.fixed_dictionaries({
+            "limit": st.sampled_from([1, 2, 4]), "period": st.sampled_from([4, 10]), "burst": st.sampled_from([0, 1, 2]),
+        })
+
+    def flow(self) -> FlowOptions:
+        c = self.config
+        return FlowOptions(throttle=Throttle(limit=c["limit"], period=c["period"], burst=c["burst"], key="event.data.k"))
+
+    def make_model(self) -> Model:
+        return ThrottleModel(limit=self.config["limit"], period=float(self.config["period"]), burst=self.config["burst"])
+
+    @invariant()
+    def starts_per_window_within_the_gcra_bound(self) -> None:
+        """In any closed window of one period, at most W/T + burst + 1 = limit + burst + 1 runs
+        of one key are scheduled to start (and, when the clock never skipped, do start)."""
+        if self.store is None:
+            return
+        bound = self.config["limit"] + self.config["burst"] + 1
+        period = timedelta(seconds=self.config["period"])
+        ready: dict[str, list[datetime]] = {}
+        started: dict[str, list[datetime]] = {}
+        for row in self.store.query("runs"):
+            [first, *_] = self.store.read_stream(r.run_stream(row["run_id"]))
+            key = first.data["events"][0]["data"]["k"]
+            ready.setdefault(key, []).append(parse_time(first.data["ready_at"]))
+            if self.exact and row["run_id"] in self.records:
+                started.setdefault(key, []).append(self.records[row["run_id"]][0])
+        for times in [*ready.values(), *started.values()]:
+            times.sort()
+            for i, begin in enumerate(times):
+                inside = [when for when in times[i:] if when <= begin + period]
+                assert len(inside) <= bound, (begin, times)
+
+
+class RateLimitMachine(FlowMachine):
+    @classmethod
+    def configs(cls) -> st.SearchStrategy[dict[str, Any]]:
+        # (limit, period): emission 4, 5, 2.5, 1 (burst 1) and 0.5 s (burst 2)
+        pairs = st.sampled_from([(1, 4), (2, 10), (4, 10), (10, 10), (20, 10)])
+        return pairs.map(lambda pair: {"limit": pair[0], "period": pair[1]})
+
+    def flow(self) -> FlowOptions:
+        c = self.config
+        return FlowOptions(rate_limit=RateLimit(limit=c["limit"], period=c["period"], key="event.data.k"))
+
+    def make_model(self) -> Model:
+        return RateModel(limit=self.config["limit"], period=float(self.config["period"]))
+
+
+class IdempotencyMachine(FlowMachine):
+    ADVANCES: ClassVar[list[float]] = [1.0, 10.0, 3600.0 * 8, 3600.0 * 12, DAY - 1, DAY]
+    DOWNTIMES: ClassVar[list[float]] = [0.0, 0.0, 60.0, DAY / 2]
+
+    def flow(self) -> FlowOptions:
+        return FlowOptions(idempotency="event.data.k")
+
+    def make_model(self) -> Model:
+        return RateModel(limit=1, period=DAY, reason="idempotency")
+
+
+class DebounceMachine(FlowMachine):
+    EXTRAS: ClassVar[list[dict[str, Any]]] = [{}, {}, {}, {}, {"ts": -1.0}, {"ts": -3.0}]
+
+    @classmethod
+    def configs(cls) -> st.SearchStrategy[dict[str, Any]]:
+        return st.fixed_dictionaries({"period": st.sampled_from([2, 5]), "timeout": st.sampled_from([None, 0, 7, 12])})
+
+    def _timeout(self) -> int | None:
+        timeout = self.config["timeout"]
+        return None if timeout is None else max(timeout, self.config["period"])  # 0: equal to the period
+
+    def flow(self) -> FlowOptions:
+        return FlowOptions(debounce=Debounce(period=self.config["period"], key="event.data.k", timeout=self._timeout()))
+
+    def make_model(self) -> Model:
+        timeout = self._timeout()
+        return DebounceModel(period=float(self.config["period"]), timeout=None if timeout is None else float(timeout))
+
+
+class BatchMachine(FlowMachine):
+    EXTRAS: ClassVar[list[dict[str, Any]]] = [{"b": True}, {"b": True}, {"b": True}, {"b": True}, {"b": False}, {}]
+
+    @classmethod
+    def configs(cls) -> st.SearchStrategy[dict[str, Any]]:
+        return st.fixed_dictionaries({"max_size": st.sampled_from([2, 3, 4]), "timeout": st.sampled_from([2, 5])})
+
+    def flow(self) -> FlowOptions:
+        c = self.config
+        batch = Batch(max_size=c["max_size"], timeout=c["timeout"], key="event.data.k", if_exp="event.data.b == true")
+        return FlowOptions(batch_events=batch)
+
+    def make_model(self) -> Model:
+        return BatchModel(max_size=self.config["max_size"], timeout=float(self.config["timeout"]))
+
+
+class SingletonMachine(FlowMachine):
+    MODE: ClassVar[str] = "skip"
+    EXTRAS: ClassVar[list[dict[str, Any]]] = [{"s": 0}, {"s": 1}, {"s": 5}, {"s": 5}, {"s": 20}]
+
+    def flow(self) -> FlowOptions:
+        return FlowOptions(singleton=Singleton(mode=self.MODE, key="event.data.k"))
+
+    def make_model(self) -> Model:
+        return SingletonModel(mode=self.MODE)
+
+
+class SingletonCancelMachine(SingletonMachine):
+    MODE: ClassVar[str] = "cancel"
+
+
+for _machine in (ThrottleMachine, RateLimitMachine, IdempotencyMachine, DebounceMachine, BatchMachine,
+                 SingletonMachine, SingletonCancelMachine):
+    _machine.TestCase.settings = SETTINGS
+test_throttle = ThrottleMachine.TestCase
+test_rate_limit = RateLimitMachine.TestCase
+test_idempotency = IdempotencyMachine.TestCase
+test_debounce = DebounceMachine.TestCase
+test_batching = BatchMachine.TestCase
+test_singleton_skip = SingletonMachine.TestCase
+test_singleton_cancel = SingletonCancelMachine.TestCase
