@@ -189,7 +189,9 @@ class Engine:
 
         A run's timer is the earlier of its ``timers`` row and its ``wakeups`` row (a signal not yet
         acted on). Rows left for runs that have ended (a cancel that landed just after the end) are
-        ignored.
+        ignored. Throttled runs still queued get their start times again from now, in order (see
+        ``FlowGate.respace``): runs that came due while the engine was down start at the
+        throttled rate, not all at once. Call it once, at start, after the flow gate is loaded.
         """
         active: dict[str, str] = {}
         for status in ("waiting", "running", "queued"):
@@ -206,8 +208,36 @@ class Engine:
         timers = sorted((when, run_id, active[run_id]) for run_id, when in due.items())
         running = self.store.query("runs", where={"status": "running"}, order_by="scheduled_at")
         queued = self.store.query("queue", order_by="position")
-        ready = [(row["run_id"], row["function_id"]) for row in running + queued if row["run_id"] not in due]
+        later = self._respace_throttled(queued)
+        timers = sorted(timers + [(when, run_id, active[run_id]) for run_id, when in later.items()])
+        ready = [
+            (row["run_id"], row["function_id"])
+            for row in running + queued if row["run_id"] not in due and row["run_id"] not in later
+        ]
         return Recovery(ready, timers)
+
+    def _respace_throttled(self, queued: list[dict[str, Any]]) -> dict[str, datetime]:
+        """New start times, after now, for throttled runs still queued; the others start now."""
+        now = self.clock.now()
+        by_key: dict[tuple[str, str], list[tuple[str, datetime]]] = {}
+        for function in self.registry.all():
+            if function.flow.throttle is None:
+                continue
+            keys = {
+                row["run_id"]: json.loads(row["flow"] or "{}").get("throttle", "")
+                for row in self.store.query("runs", where={"function_id": function.id, "status": "queued"})
+            }
+            for row in queued:
+                if row["run_id"] in keys:
+                    slot = (function.id, keys[row["run_id"]])
+                    by_key.setdefault(slot, []).append((row["run_id"], parse_time(row["ready_at"])))
+        later: dict[str, datetime] = {}
+        for (function_id, key), runs in by_key.items():
+            throttle = self.registry.get(function_id).flow.throttle  # type: ignore[union-attr]
+            assert throttle is not None
+            starts = self.coordinator.flow.respace(function_id, throttle, key, runs, now)
+            later.update((run_id, start) for run_id, start in starts.items() if start > now)
+        return later
 
     # -- the synchronous driver -------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import attrs
 from steplog.engine.expressions import Expression, ExpressionError
 from steplog.engine.flow.gcra import Gcra
 from steplog.engine.flow.keys import key_of, priority_of
-from steplog.engine.flow.options import PRIORITY_RANGE, FlowControl
+from steplog.engine.flow.options import PRIORITY_RANGE, FlowControl, ThrottleRule
 from steplog.engine.ids import new_ulid
 from steplog.eventstore import NewEntry
 
@@ -215,6 +215,7 @@ class FlowGate:
             ready = gcra.earliest(tat, ready)
             journal.put(self.buckets, slot, gcra.after(tat, ready))
             buckets.append([function_id, THROTTLE, key, self.buckets[slot]])
+            data["throttle"] = key
         if flow.concurrency:
             data["concurrency"] = [
                 _scoped(function_id, rule.scope, rule.key is not None, key_of(rule.key, first, errors, "concurrency.key"))
@@ -335,6 +336,28 @@ class FlowGate:
         self._due = [(item.due, "debounce", fn, key) for (fn, key), item in self.debounces.items()]
         self._due += [(batch.due, "batch", fn, key) for (fn, key), batch in self.batches.items()]
         heapq.heapify(self._due)
+
+    def respace(
+        self, function_id: str, rule: ThrottleRule, key: str, queued: list[tuple[str, datetime]], now: datetime
+    ) -> dict[str, datetime]:
+        """Start times again, from ``now``, for a key's throttled runs still queued at start, in order.
+
+        Their times were given when their events came; those that came due while the engine was
+        down would otherwise all start at once. The schedule continues from the first queued run's
+        own time (the runs before it started on time), so together with the starts before the
+        restart it keeps to the GCRA. Not written to the log: a later restart recomputes it.
+        """
+        gcra = Gcra.of(rule.limit, rule.period, rule.burst)
+        t = now.timestamp()
+        tat = queued[0][1].timestamp()
+        starts: dict[str, datetime] = {}
+        for run_id, ready_at in queued:
+            start = max(gcra.earliest(tat, t), ready_at.timestamp())
+            tat = gcra.after(tat, start)
+            starts[run_id] = datetime.fromtimestamp(start, tz=timezone.utc)
+        slot = (function_id, THROTTLE, key)
+        self.buckets[slot] = max(self.buckets.get(slot, tat), tat)
+        return starts
 
     # -- runs ----------------------------------------------------------------------------------
 

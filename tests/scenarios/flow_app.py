@@ -16,7 +16,9 @@ Every step body appends, at its start and at its end, one line
     <pid> <function> <run_id> <key> <step> enter|exit <unix time>
 
 to LEDGER (under one lock, flushed and fsynced before the body goes on), so that the parent sees
-which bodies ran, in which process, and when, even when this process is SIGKILLed. Once the engine
+which bodies ran, in which process, and when, even when this process is SIGKILLed. The lines of a
+process are in the order their bodies got the lock (an enter after the body began, an exit before
+it returned); their times are taken just before, so they may be slightly out of order. Once the engine
 has started (and its recovery has started what was due), the process appends
 ``<pid> - - - - started <unix time>``.
 
@@ -108,8 +110,9 @@ class Ledger:
         self._pid = os.getpid()
 
     def record(self, function: str, run_id: str, key: str, step: str, what: str) -> None:
+        at = time.time()  # before waiting for the lock (other bodies' fsyncs): the time the body got here
         with self._lock:
-            self._file.write(f"{self._pid} {function} {run_id} {key} {step} {what} {time.time():.6f}\n")
+            self._file.write(f"{self._pid} {function} {run_id} {key} {step} {what} {at:.6f}\n")
             self._file.flush()
             os.fsync(self._file.fileno())
 

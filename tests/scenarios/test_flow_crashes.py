@@ -12,8 +12,8 @@ from another process, read-only; the polls are short and bounded). Then it check
 - every run was scheduled once, started once and completed once; nothing is left queued, pending
   (debounces, batched), on a timer or in a wait, and the projections equal a rebuild from the log;
 - throttle: the start times the gate gave each key never allow more than limit + burst + 1 starts
-  in any 1 s window, keep the events' order, and no run started before its time; the starts of the
-  runs that were not overdue when their process started keep the same bound;
+  in any 1 s window, keep the events' order, and no run started before its time; the actual starts
+  keep the same bound, across restarts;
 - concurrency: within each process's lifetime (a kill leaves bodies entered and never exited), no
   more than 2 runs of one key were inside a step body at once;
 - debounce: each key's last event started a run; each run had the latest event of its key when it
@@ -21,8 +21,9 @@ from another process, read-only; the polls are short and bounded). Then it check
 - singleton: in log order, no run of a key was scheduled while another was active, and every skip
   happened while one was; idempotency and the rate limit: one run per key, the rest skipped.
 
-A separate test reproduces, deterministically, how a restart lets overdue throttled runs start
-all at once (see ``test_throttled_runs_overdue_at_a_restart_still_start_at_the_throttled_rate``).
+A separate test checks, deterministically, that runs which came due while the engine was down do
+not start all at once at the restart
+(``test_throttled_runs_overdue_at_a_restart_still_start_at_the_throttled_rate``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +181,8 @@ class Scenario:
         lines = []
         for raw in self.ledger.read_text().splitlines(keepends=True):
             fields = raw.split()
-            if not raw.endswith("\n") or len(fields) != 7:
-                continue  # cut short by a kill
+            if not raw.endswith("\n") or len(fields) != 7 or len(fields[6].partition(".")[2]) != 6:
+                continue  # cut short by a kill (the restart ended it with a newline)
             pid, function, run_id, key, step, what, at = fields
             lines.append(Line(int(pid), function, run_id, key, step, what, float(at)))
         return lines
@@ -230,9 +233,6 @@ class Scenario:
                 tail = file.read().decode(errors="replace").splitlines()
             return bool(tail) and tail[-1].startswith(f"{child.pid} ") and " enter " in tail[-1]
 
-        def now_text() -> str:
-            return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
         if point == "starting":  # it holds the lock: its recovery may be under way
             return lambda: lock.exists() and lock.read_text().strip() == str(child.pid)
         if point == "after some steps":
@@ -249,7 +249,7 @@ class Scenario:
             return lambda: progressed() and self.count("batched") > 0
         if point == "throttled runs queued":
             return lambda: progressed() and self.count(
-                "queue", "function_id = ? AND ready_at > ?", (THROTTLED, now_text())) > 0
+                "queue", "function_id = ? AND ready_at > ?", (THROTTLED, _now_text())) > 0
         assert point == "a singleton run napping", point
         return lambda: progressed() and self.count("runs", "function_id = ? AND status = 'waiting'", (SINGLE,)) > 0
 
@@ -307,12 +307,12 @@ class Scenario:
         twice = sorted(id_ for id_, n in received.items() if n > 1)
         assert not twice, f"events received twice, not as duplicates: {twice}"
         acked = self.acked_rounds()
-        assert acked, "no round was acknowledged"
+        rounds = 1 if self.workload.startswith("burst=") else int(self.workload)
+        assert acked == set(range(rounds)), f"rounds never acknowledged: {sorted(set(range(rounds)) - acked)}"
         expected = {event["id"] for r in acked for event in self.planned(r)}
         missing = sorted(expected - set(received))
         assert not missing, f"{len(missing)} acknowledged events are not in the log: {missing[:20]}"
-        planned = {event["id"] for r in range(max(acked) + 1) for event in self.planned(r)}
-        assert set(received) <= planned, sorted(set(received) - planned)
+        assert set(received) <= expected, sorted(set(received) - expected)
         # a duplicate is a round sent again after a kill that came between its commit and its acknowledgement
         duplicates = [id_ for (id_,) in self.query("SELECT id FROM events WHERE duplicate = 1")]
         assert set(duplicates) <= set(received), "a duplicate of an event never received"
@@ -363,7 +363,6 @@ class Scenario:
 
     def check_throttle(self, events: list[Event], runs: dict[str, Run], ledger: list[Line]) -> None:
         key_of = {event.internal_id: event.key for event in events}
-        engine_started = {line.pid: line.at for line in ledger if line.what == "started"}
         first_enter: dict[str, Line] = {}
         for line in ledger:
             if line.function == THROTTLED and line.what == "enter" and line.run_id not in first_enter:
@@ -378,21 +377,16 @@ class Scenario:
             ready = [parse_time(run.data["ready_at"]).timestamp() for run in key_runs]
             # the gate's start times: in the events' order, within the bound in any 1 s window
             assert ready == sorted(ready), f"throttle key {key}: start times out of the events' order"
-            busiest = _busiest_second(ready)
-            assert busiest[0] <= THROTTLE_BOUND, f"throttle key {key}: {busiest[0]} start times in the second from {busiest[1]:.3f}"
+            most, at = _busiest_second(ready)
+            assert most <= THROTTLE_BOUND, f"throttle key {key}: {most} start times in the second from {at:.3f}"
             # no run started before its time, across restarts
             for run, due in zip(key_runs, ready):
                 started = first_enter[run.run_id].at
                 assert started >= due - EPSILON_S, f"throttled run {run.run_id} started {due - started:.3f} s early"
-            # the runs a restart did not leave overdue started at the throttled rate
-            on_time = [
-                first_enter[run.run_id].at for run, due in zip(key_runs, ready)
-                if due >= engine_started.get(first_enter[run.run_id].pid, float("inf"))
-            ]
-            busiest = _busiest_second(sorted(on_time))
-            assert busiest[0] <= THROTTLE_BOUND, (
-                f"throttle key {key}: {busiest[0]} runs started in the second from {busiest[1]:.3f}"
-            )
+            # and they started at the throttled rate, restarts included (runs that came due while
+            # the engine was down are spaced again from the restart)
+            most, at = _busiest_second([first_enter[run.run_id].at for run in key_runs])
+            assert most <= THROTTLE_BOUND, f"throttle key {key}: {most} runs started in the second from {at:.3f}"
 
     def check_concurrency(self, ledger: list[Line]) -> None:
         """Within one process, at most 2 runs of a key inside a step body at once."""
@@ -427,7 +421,7 @@ class Scenario:
         for key, key_events in by_key.items():
             last = key_events[-1]
             assert last.internal_id in ran, f"debounce key {key}: the last event {last.id} started no run"
-            for event, later in zip(key_events, key_events[1:]):
+            for event, later in pairwise(key_events):
                 run = ran.get(event.internal_id)
                 if run is not None:
                     # a run starts with its key's latest event: none came between it and the run
@@ -460,7 +454,9 @@ class Scenario:
         for _, what, run in sorted(moments, key=lambda moment: moment[0]):
             key = key_of[run.event_ids[0]]
             if what == "scheduled":
-                assert key not in active, f"singleton key {key}: run {run.run_id} scheduled while {active[key]} was active"
+                assert key not in active, (
+                    f"singleton key {key}: run {run.run_id} scheduled while {active[key]} was active"
+                )
                 active[key] = run.run_id
             elif what == "ended":
                 assert active.pop(key) == run.run_id
@@ -494,6 +490,11 @@ class Scenario:
             store.close()
 
 
+def _now_text() -> str:
+    """Now, as the log writes times (so that text order is time order)."""
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
 def _busiest_second(times: Iterable[float]) -> tuple[int, float]:
     """The most times in any window [t, t + 1 s] (closed, as GCRA's bound counts), and where it begins."""
     ordered = sorted(times)
@@ -511,7 +512,7 @@ def crash_loop(tmp: Path, rounds: int, kills: int, seed: int) -> Scenario:
     while len(scenario.kills) < kills:
         point = rng.choice(Scenario.KILL_POINTS)
         if point != "starting":  # the time given to reach the point counts from the engine's start
-            if not scenario.wait_for(child, lambda c=child: scenario.engine_started(c), STEP_TIMEOUT_S):
+            if not scenario.wait_for(child, partial(scenario.engine_started, child), STEP_TIMEOUT_S):
                 break  # it finished: the last one
             if not scenario.engine_started(child):
                 child.kill()
@@ -527,11 +528,9 @@ def crash_loop(tmp: Path, rounds: int, kills: int, seed: int) -> Scenario:
 
 
 def test_flow_control_holds_across_kills(tmp_path: Path) -> None:
-    started = time.monotonic()
     scenario = crash_loop(tmp_path, rounds=80, kills=12, seed=7)
     assert len(scenario.kills) >= 10, f"only {len(scenario.kills)} kills landed: {scenario.kills}"
     scenario.check()
-    assert time.monotonic() - started < 90
 
 
 @pytest.mark.slow
@@ -552,15 +551,6 @@ BURST = 20
 OVERDUE = 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ThrottleExceeded,
-    reason="BUG: throttle gives each run its start time (ready_at) when the event is accepted, and"
-    " nothing spaces the starts again: after a restart, every queued run whose ready_at passed while"
-    " the process was down starts at once (Steplog._resume -> StartRun for each queued run ->"
-    " FunctionSupervisor._admit sees state=None, the invocation sees ready_at in the past), so a"
-    " key gets far more than limit + burst + 1 starts in one second",
-)
 def test_throttled_runs_overdue_at_a_restart_still_start_at_the_throttled_rate(tmp_path: Path) -> None:
     scenario = Scenario(tmp_path, f"burst={BURST}")
     child = scenario.spawn()
@@ -571,8 +561,7 @@ def test_throttled_runs_overdue_at_a_restart_still_start_at_the_throttled_rate(t
 
     # the process stays down until 10 queued runs are overdue (polled against the log's ready_at)
     def overdue() -> int:
-        now = datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-        return scenario.count("queue", "function_id = ? AND ready_at <= ?", (THROTTLED, now))
+        return scenario.count("queue", "function_id = ? AND ready_at <= ?", (THROTTLED, _now_text()))
 
     deadline = time.monotonic() + STEP_TIMEOUT_S
     while overdue() < OVERDUE:
