@@ -621,3 +621,21 @@ def test_singleton_state_survives_a_restart(store: EventStore, clock: ManualCloc
     send(engine, {"i": 2})
     assert [data[0]["i"] for data in starts.data] == [0, 2]
     consistent(store)
+
+
+def test_throttled_runs_that_came_due_while_the_engine_was_down_start_at_the_throttled_rate(
+    store: EventStore, clock: ManualClock, starts: Starts
+) -> None:
+    function = recording(starts, throttle=Throttle(limit=1, period="10s", burst=0))
+    before = engine_for(store, clock, function)
+    before.send([{"name": GO, "data": {"i": i}} for i in range(5)])  # slots at 0, 10, 20, 30, 40 s; none run
+    clock.advance(100)  # the engine is down past every slot
+    engine = engine_for(store, clock, function)
+    engine.start()
+    run_until(engine, clock, 140)
+    assert [at for at, _ in starts] == [100.0, 110.0, 120.0, 130.0, 140.0]
+    assert [data for _, data in starts] == [[{"i": i}] for i in range(5)]
+    send(engine, {"i": 5})  # a new event queues behind the spaced-again runs
+    run_until(engine, clock, 200)
+    assert [at for at, _ in starts][-1] == 150.0
+    consistent(store)
