@@ -37,9 +37,11 @@ W8_LIMIT = 100
 W8_PERIOD_S = 1
 W8_BURST = 1
 W8_WINDOW_S = 1.0
-#: GCRA's own bound (``engine/flow/gcra.py``): over any window of length W at most
+#: steplog's bound, GCRA's own (``engine/flow/gcra.py``): over any window of length W at most
 #: W / T + burst + 1 starts, with T = period / limit. For 100/s, burst 1 and W = 1 s: 102.
 W8_BOUND = int(W8_LIMIT * W8_WINDOW_S / W8_PERIOD_S) + W8_BURST + 1
+#: DBOS's bound: its queue limiter starts at most ``limit`` workflows in any rolling ``period`` (no burst).
+W8_BOUND_DBOS = W8_LIMIT
 
 #: How the W7 and W8 cost figures are measured; written into every record.
 W7_ADMISSION_METHOD = (
@@ -59,6 +61,7 @@ MEDIAN_EXTRAS: tuple[str, ...] = (
     "us_admission_calls_per_run",
     "us_admission_calls_per_run_without",
     "us_slots_isolated_per_run",
+    "us_key_isolated_per_run",
     "peak_slots_held_per_key",
     "max_starts_per_s_log",
     "cpu_us_per_event",
@@ -254,17 +257,20 @@ def throttle_record(
     cpu_seconds: float,
     starts: Sequence[float],
     t0: float,
+    burst: int | None = W8_BURST,
+    bound: int = W8_BOUND,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A W8 record: ``seconds`` from the first send (at ``t0``) to the last completion; ``starts`` are
-    the runs' start times on the same clock."""
+    the runs' start times on the same clock. ``bound`` is the most starts the system promises in any
+    window of ``W8_WINDOW_S`` (``burst`` None: the system has no burst setting)."""
     record = _record(wl.W8, system, runs=events, seconds=seconds)
     record["events"] = events
     record["completed"] = completed
     record["started"] = len(starts)
     record["limit_per_s"] = W8_LIMIT / W8_PERIOD_S
-    record["burst"] = W8_BURST
-    record["bound_per_window"] = W8_BOUND
+    record["burst"] = burst
+    record["bound_per_window"] = bound
     record["max_starts_per_s"] = max_in_window(starts)
     record["dropped"] = events - completed
     record["us_per_event"] = round(send_seconds * 1e6 / events, 2)

@@ -359,7 +359,7 @@ def run_w8(db_dir: Path, n: int) -> dict[str, Any]:
     return flow.throttle_record(
         SYSTEM, events=n, completed=sum(1 for result in results if result == 1), seconds=seconds,
         send_seconds=t_sent - t0, cpu_seconds=(user1 - user0) + (sys1 - sys0), starts=list(W8_STARTS.values()),
-        t0=t0, extra={"cpu_user_s": round(user1 - user0, 3), "cpu_sys_s": round(sys1 - sys0, 3)},
+        t0=t0, burst=None, bound=flow.W8_BOUND_DBOS, extra={"cpu_user_s": round(user1 - user0, 3), "cpu_sys_s": round(sys1 - sys0, 3)},
     )
 
 

@@ -31,6 +31,7 @@ from benchmarks import workloads as wl
 try:
     from steplog.actors.runtime import DEFAULT_MAX_ACTIVE
     from steplog.actors.slots import Slots
+    from steplog.engine.expressions import compile_expression
     from steplog.engine.flow import gate as flow_gate
 
     import steplog
@@ -47,6 +48,7 @@ EVENT_W4 = "bench/w4"
 EVENT_W6 = "bench/w6"
 EVENT_W7 = "bench/w7"
 EVENT_W8 = "bench/w8"
+W7_KEY = "event.data.k"
 EVENT_REPLY = "app/reply"
 RESULT_TIMEOUT_S = wl.RUN_TIMEOUT_S
 
@@ -318,7 +320,7 @@ def make_w7_client(db_dir: Path, keyed: bool, peaks: flow.PeakPerKey) -> steplog
     client = steplog.Steplog(app_id=APP_ID, db=str(db_dir / "steplog.sqlite"))
     options: dict[str, Any] = {}
     if keyed:
-        options["concurrency"] = [steplog.Concurrency(limit=flow.W7_LIMIT, key="event.data.k")]
+        options["concurrency"] = [steplog.Concurrency(limit=flow.W7_LIMIT, key=W7_KEY)]
 
     @client.create_function(fn_id="w7", trigger=steplog.TriggerEvent(event=EVENT_W7), **options)
     def w7(ctx: steplog.Context) -> int:
@@ -349,8 +351,8 @@ def timed_admission(client: steplog.Steplog, calls: flow.CallTimer) -> Iterator[
     """Add up the wall time of every ``Slots.offer``/``release`` (the supervisors' admission) and of the
     flow gate's ``key_of`` (the concurrency key of each event, at send) while the block runs."""
     slots = client.slots
-    slots.offer = calls.wrap("Slots.offer", slots.offer)  # type: ignore[method-assign]
-    slots.release = calls.wrap("Slots.release", slots.release)  # type: ignore[method-assign]
+    slots.offer = calls.wrap("Slots.offer", slots.offer)
+    slots.release = calls.wrap("Slots.release", slots.release)
     key_of = flow_gate.key_of
     flow_gate.key_of = calls.wrap("gate.key_of", key_of)
     try:
@@ -397,6 +399,20 @@ def slots_isolated_seconds(n: int) -> float:
     return seconds
 
 
+def key_isolated_seconds(n: int) -> float:
+    """The flow gate's ``key_of`` for W7's key (``event.data.k``) on ``n`` W7-shaped events, alone on one
+    thread: the CPU cost of evaluating a concurrency key, without the engine's threads competing."""
+    expression = compile_expression(W7_KEY, names=("event",))
+    events = [{"name": EVENT_W7, "data": {"i": i, "k": flow.w7_key(i)}, "id": f"e{i}", "ts": 0} for i in range(n)]
+    errors: list[str] = []
+    t0 = wl.now()
+    keys = [flow_gate.key_of(expression, event, errors, "concurrency.key") for event in events]
+    seconds = wl.now() - t0
+    if errors or keys[: flow.W7_KEYS] != [flow.w7_key(i) for i in range(flow.W7_KEYS)]:
+        raise RuntimeError(f"W7 isolated key_of: unexpected keys or errors {errors[:3]}")
+    return seconds
+
+
 def parse_started_at(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()  # Python 3.11 reads the trailing Z
 
@@ -437,6 +453,7 @@ def run_w7(db_dir: Path, n: int) -> dict[str, Any]:
     free = _w7_pass(db_dir / "free", n, keyed=False)
     keyed = _w7_pass(db_dir / "keyed", n, keyed=True)
     isolated = slots_isolated_seconds(n)
+    keys_isolated = key_isolated_seconds(n)
     return flow.concurrency_record(
         SYSTEM, runs=n, seconds=keyed.seconds, seconds_without=free.seconds, send_seconds=keyed.send_seconds,
         peak=keyed.peaks, peak_without=free.peaks, calls=keyed.calls, calls_without=free.calls,
@@ -444,6 +461,7 @@ def run_w7(db_dir: Path, n: int) -> dict[str, Any]:
             "send_seconds_without": round(free.send_seconds, 4),
             "peak_slots_held_per_key": keyed.peak_slots_held,
             "us_slots_isolated_per_run": round(isolated * 1e6 / n, 3),
+            "us_key_isolated_per_run": round(keys_isolated * 1e6 / n, 3),
         },
     )
 

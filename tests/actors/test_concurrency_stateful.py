@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
 import steplog
 import steplog.actors.runtime as runtime_module
 from steplog.actors.slots import Slots
+from steplog.actors.supervisor import FunctionSupervisor
 
 WAIT = 10.0  # seconds: an upper bound for waits that finish in milliseconds
 BLOCK = 120.0  # seconds: how long a body waits for the test's word before it gives up (a safety net)
@@ -71,12 +72,12 @@ def _observed_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime_module, "Slots", ObservedSlots)
 
 
-def wait_until(predicate: Callable[[], bool], what: Callable[[], str] | str) -> None:
+def wait_until(predicate: Callable[[], bool], what: Callable[[], str] | str, timeout: float = WAIT) -> None:
     with CHANGED:
-        if CHANGED.wait_for(predicate, timeout=WAIT):
+        if CHANGED.wait_for(predicate, timeout=timeout):
             return
         message = what() if callable(what) else what
-    raise AssertionError(f"not within {WAIT} s: {message}")
+    raise AssertionError(f"not within {timeout} s: {message}")
 
 
 def flush(client: steplog.Steplog) -> None:
@@ -102,8 +103,6 @@ class Run:
     k: str
     g: str
     created: int
-    started: bool = False
-    """Admitted at least once: its status is no longer "queued"."""
     slept: int = -1
     """The order of its latest sleep, so of its timer's due time."""
     done: bool = False
@@ -181,8 +180,9 @@ class ConcurrencyMachine(RuleBasedStateMachine):
     (``Concurrency(limit=E_g, key="event.data.g", scope="env")``).
 
     Model: ``ready`` holds the runs that are neither finished nor sleeping, in the order admission
-    saw them become ready (their rank: every send and every sleep moves the clock 1 ms, so ranks
-    differ); ``sleeping`` holds the sleepers in the order of their timers.
+    saw them become ready (sends at one clock time tie on rank and go by arrival; every sleep moves the
+    clock 1 ms, so that each sleeper has its own due time); ``sleeping`` holds the sleepers in the
+    order of their timers.
     """
 
     def __init__(self) -> None:
@@ -199,11 +199,14 @@ class ConcurrencyMachine(RuleBasedStateMachine):
         self.ready: list[str] = []
         self.sleeping: list[str] = []
         self.sleeps = 0
+        self.settled: set[str] = set()
+        self.broken = False
         self.peak: Counter[str] = Counter()
 
     # -- the engine ------------------------------------------------------------------------------
 
     def start_client(self) -> None:
+        """Build and start a client on the file (a new generation of bodies)."""
         self.gen += 1
         gen = self.gen
         bodies = self.bodies
@@ -351,31 +354,28 @@ class ConcurrencyMachine(RuleBasedStateMachine):
             with CHANGED:
                 settled = CHANGED.wait_for(self.quiescent, timeout=WAIT)
         with CHANGED:
+            self.broken = not settled or bool(self.bodies.violations)
             assert settled, f"the engine never agreed with the model:\n{self.describe()}"
             assert not self.bodies.violations, self.describe()
-            for run_id in self.current():
-                self.runs[run_id].started = True
+            self.settled = set(self.expected_executing()) if self.env is None else self.current()
 
     def executing(self) -> list[str]:
-        with CHANGED:
-            return sorted(self.current(), key=lambda run_id: self.runs[run_id].created)
+        """The runs executing at the last settle, in the order they were sent (the model's, with one
+        constraint; as observed, with an env-scoped one)."""
+        return sorted(self.settled, key=lambda run_id: self.runs[run_id].created)
 
     # -- rules ---------------------------------------------------------------------------------------
 
-    @initialize(
-        limit=st.integers(1, 3),
-        env=st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))),
-    )
-    def setup(self, limit: int, env: tuple[int, int] | None) -> None:
-        self.limit, self.env = limit, env
+    @initialize(limit=st.integers(1, 3), shared=st.booleans(), env=st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    def setup(self, limit: int, shared: bool, env: tuple[int, int]) -> None:
+        self.limit, self.env = limit, env if shared else None
         self.start_client()
 
-    @rule(fn=st.sampled_from(["f", "g"]), k=st.sampled_from(["a", "b"]), g=st.sampled_from(["x", "y"]))
+    @rule(fn=st.sampled_from(["f", "g"]), k=st.sampled_from(["a", "a", "b"]), g=st.sampled_from(["x", "x", "y"]))
     def send(self, fn: str, k: str, g: str) -> None:
         assert self.client is not None
         if self.env is None:
             fn = "f"
-        self.client.advance(TICK, wait=False)
         [event_id] = self.client.send({"name": f"app/{fn}", "data": {"k": k, "g": g}})
         [handle] = self.client.runs_for_event(event_id)
         self.runs[handle.run_id] = Run(fn, k, g, created=len(self.runs))
@@ -417,26 +417,26 @@ class ConcurrencyMachine(RuleBasedStateMachine):
         self.sleeping.clear()
         self.settle()
 
+    @precondition(lambda self: bool(self.ready or self.sleeping))
     @rule()
     def restart(self) -> None:
         """The process dies with bodies blocked (stop without waiting), and a new client takes over
-        the file. It offers the interrupted runs first (by schedule), then the queued ones (by
-        queue position), then the woken ones (by due time); the sleepers keep their timers."""
+        the file; the sleepers keep their timers.
+
+        An invocation records its start (run.started, run.resumed) with its first commit, here the
+        step's result: so a run interrupted in its body is still "queued" in the log if it never
+        slept, and "waiting" on its past-due timer if it did, exactly like a ready run that had no
+        slot yet. Recovery offers the queued ones first (by queue position, so by send), then the
+        due timers (by due time, so by sleep).
+        """
         assert self.client is not None
-        executing = set(self.expected_executing()) if self.env is None else self.current()
+        event(f"restart with {len(self.current())} bodies inside and {len(self.ready)} ready runs")
         self.client.stop(timeout=0)
         self.bodies.abandon(self.gen)
         self.client = None
-
-        def created(run_id: str) -> int:
-            return self.runs[run_id].created
-
-        interrupted = sorted(executing, key=created)
-        queued = sorted((r for r in self.ready if r not in executing and not self.runs[r].started), key=created)
-        woken = sorted(
-            (r for r in self.ready if r not in executing and self.runs[r].started), key=lambda r: self.runs[r].slept
-        )
-        self.ready = interrupted + queued + woken
+        never_slept = sorted((r for r in self.ready if self.runs[r].slept < 0), key=lambda r: self.runs[r].created)
+        woken = sorted((r for r in self.ready if self.runs[r].slept >= 0), key=lambda r: self.runs[r].slept)
+        self.ready = never_slept + woken
         self.start_client()
         self.settle()
 
@@ -444,7 +444,7 @@ class ConcurrencyMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            if self.client is not None:
+            if self.client is not None and not self.broken:  # else the failure is reported as it is
                 self.drain_and_check()
         finally:
             self.bodies.release_all()
@@ -467,9 +467,27 @@ class ConcurrencyMachine(RuleBasedStateMachine):
         }
         assert self.bodies.finished == Counter(dict.fromkeys(self.runs, 1)), "a run did not finish exactly once"
         assert not self.bodies.violations
+        event("env-scoped key shared by two functions" if self.env is not None else "one key per value")
+        full = [key for key, count in self.peak.items() if count >= self.bound(key) and not key.startswith("max:")]
+        event("a key reached its limit" if full else "no key reached its limit")
 
 
-def test_concurrency_limits_against_a_model() -> None:
+class SupervisorsKnowEachOther(FunctionSupervisor):
+    """WORKAROUND for the bug that test_a_release_starts_the_run_it_admits_of_another_function
+    shows: the first supervisor built gets a private empty mapping instead of the engine's shared
+    one (``supervisors or {}`` on a still-empty dict), so a run of another function that a release
+    by its runs admits never starts. This keeps the shared mapping, so that the state machine can
+    check everything else about env-scoped keys. Remove it once that test passes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        shared = args[8] if len(args) > 8 else kwargs.get("supervisors")
+        if shared is not None:
+            self._supervisors = shared
+
+
+def test_concurrency_limits_against_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime_module, "FunctionSupervisor", SupervisorsKnowEachOther)
     run_state_machine_as_test(
         ConcurrencyMachine,
         settings=settings(
@@ -501,8 +519,10 @@ class Gate:
             CHANGED.notify_all()
         return name
 
-    def wait_entered(self, count: int) -> list[str]:
-        wait_until(lambda: len(self.entered) >= count, lambda: f"{count} bodies entered; entered: {self.entered}")
+    def wait_entered(self, count: int, timeout: float = WAIT) -> list[str]:
+        wait_until(
+            lambda: len(self.entered) >= count, lambda: f"{count} bodies entered; entered: {self.entered}", timeout
+        )
         with CHANGED:
             return list(self.entered)
 
@@ -516,12 +536,16 @@ class Gate:
             self.open = True
             CHANGED.notify_all()
 
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.open_all()  # before the client stops: a failed test must leave no body blocked
+
 
 @pytest.fixture
-def gate() -> Iterator[Gate]:
-    gate = Gate()
-    yield gate
-    gate.open_all()  # a failed test must not leave a body blocked (stop would wait for it)
+def gate() -> Gate:
+    return Gate()
 
 
 def run_of(client: steplog.Steplog, event_id: str) -> str:
@@ -542,7 +566,7 @@ def test_priority_orders_the_queue_then_arrival(db_path: Path, clock: steplog.Ma
     def event(name: str, priority: int) -> dict[str, Any]:
         return {"name": "app/p", "data": {"k": "u", "p": priority, "name": name}}
 
-    with client:
+    with client, gate:
         client.send(event("first", 0))
         assert gate.wait_entered(1) == ["first"]
         queued = [("low", -30), ("a0", 0), ("hi1", 60), ("mid", 10), ("hi2", 60), ("b0", 0), ("top", 600),
@@ -555,8 +579,10 @@ def test_priority_orders_the_queue_then_arrival(db_path: Path, clock: steplog.Ma
         client.send({"name": "app/p", "data": {"k": "v", "p": -600, "name": "other-key"}})
         assert gate.wait_entered(2) == ["first", "other-key"]
         gate.release("other-key")
-        wait_until(lambda: client.slots.waiting_count() == len(queued) + 1, "every run of key u queued")
-        assert client.slots.counts() == {"fn:p:u": 1, "max:p": 1}
+        wait_until(
+            lambda: client.slots.waiting_count() == len(queued) + 1 and client.slots.counts() == {"fn:p:u": 1, "max:p": 1},
+            lambda: f"every run of key u queued, other-key ended: {client.slots.counts()}",
+        )
 
         expected = ["top", "clipped", "hi1", "hi2", "late", "mid", "a0", "b0", "low"]
         previous = "first"
@@ -598,7 +624,7 @@ def test_a_failing_body_gives_its_slot_back_and_runs_again_later(
     def c(ctx: steplog.Context) -> str:
         return ctx.step.run("work", body, ctx.event.data["name"])
 
-    with client:
+    with client, gate:
         [flaky_event, next_event] = client.send([
             {"name": "app/c", "data": {"k": "u", "name": "flaky"}},
             {"name": "app/c", "data": {"k": "u", "name": "next"}},
@@ -636,7 +662,7 @@ def test_cancelling_a_queued_run_takes_no_slot_from_others(
     def q(ctx: steplog.Context) -> str:
         return ctx.step.run("work", gate.body, ctx.event.data["name"])
 
-    with client:
+    with client, gate:
         ids = client.send([{"name": "app/q", "data": {"k": "u", "name": name}} for name in ("a", "b", "c")])
         a, b, c = (run_of(client, event_id) for event_id in ids)
         assert gate.wait_entered(1) == ["a"]
@@ -644,7 +670,9 @@ def test_cancelling_a_queued_run_takes_no_slot_from_others(
 
         assert client.cancel(b) is True
         flush(client)
-        assert client.get_run(b)["status"] == "cancelled"
+        # the cancel is recorded; b ends as cancelled when it is invoked, which, queued behind a
+        # key at its limit, happens at its turn (its body does not run)
+        assert client.get_run(b)["status"] in ("queued", "cancelled")
         assert client.slots.counts() == {"fn:q:u": 1, "max:q": 1}  # a keeps its slot; c does not start
         with CHANGED:
             assert gate.entered == ["a"]
@@ -672,7 +700,7 @@ def test_a_run_waiting_for_an_event_holds_no_slot(db_path: Path, clock: steplog.
             return [paid is not None, ctx.step.run("after", gate.body, "waiter")]
         return ctx.step.run("work", gate.body, ctx.event.data["name"])
 
-    with client:
+    with client, gate:
         [waiter_event] = client.send({"name": "app/w", "data": {"k": "u", "name": "waiter"}})
         waiter = run_of(client, waiter_event)
         assert client.run_until_idle(timeout=WAIT)
@@ -694,3 +722,53 @@ def test_a_run_waiting_for_an_event_holds_no_slot(db_path: Path, clock: steplog.
         assert client.run(waiter).result(timeout=WAIT) == [True, "waiter"]
         assert client.run_until_idle(timeout=WAIT)
         assert client.slots.counts() == {} and client.slots.waiting_count() == 0
+
+
+@pytest.mark.parametrize(
+    "releasing",
+    [
+        pytest.param(
+            "first", marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: FunctionSupervisor keeps `supervisors or {}`; the first supervisor is built while the "
+                "engine's mapping is still empty, so it gets a private empty dict and drops the Admitted message "
+                "for another function's run: that run keeps its slot and never starts",
+            ),
+        ),
+        "second",
+    ],
+)
+def test_a_release_starts_the_run_it_admits_of_another_function(
+    db_path: Path, clock: steplog.ManualClock, gate: Gate, releasing: str
+) -> None:
+    """Two functions share an env-scoped key with limit 1. When a run of one ends, the queued run
+    of the other takes the slot and must start."""
+    client = steplog.Steplog(db=db_path, clock=clock)
+    shared = [steplog.Concurrency(limit=1, key="event.data.g", scope="env")]
+
+    @client.create_function(fn_id="first", trigger=steplog.TriggerEvent(event="app/first"), concurrency=shared)
+    def first(ctx: steplog.Context) -> str:  # defined first: its supervisor is built first
+        return ctx.step.run("work", gate.body, "first")
+
+    @client.create_function(fn_id="second", trigger=steplog.TriggerEvent(event="app/second"), concurrency=shared)
+    def second(ctx: steplog.Context) -> str:
+        return ctx.step.run("work", gate.body, "second")
+
+    waiting = "second" if releasing == "first" else "first"
+    client.start()
+    try:
+        client.send({"name": f"app/{releasing}", "data": {"g": "x"}})
+        assert gate.wait_entered(1) == [releasing]
+        client.send({"name": f"app/{waiting}", "data": {"g": "x"}})
+        wait_until(lambda: client.slots.waiting_count() == 1, f"the run of {waiting} queued")
+
+        gate.release(releasing)
+        assert gate.wait_entered(2, timeout=2.0) == [releasing, waiting]
+        assert client.slots.counts() == {"env:x": 1, f"max:{waiting}": 1}
+        gate.release(waiting)
+        assert client.run_until_idle(timeout=WAIT)
+        assert client.slots.counts() == {}
+        assert {row["status"] for row in client.list_runs(limit=None)} == {"completed"}
+    finally:
+        gate.open_all()
+        client.stop(timeout=1.0)  # with the bug, the admitted run never ends: do not wait long
