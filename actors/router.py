@@ -81,12 +81,15 @@ class EventRouter(Actor):
             )
         except Exception as error:  # noqa: BLE001 - every caller gets the error; the router lives on
             answers = [error] * len(pending)
+        fired = [message for message in pending if isinstance(message.request, FireDue)]
+        if fired:
+            self._flow_due = None  # the timer forgot it when it fired
+        self._arm_flow()  # before answering: a caller's next Tick must find the timer armed
+        for accepted in self._engine.coordinator.take_fired():
+            self._start(accepted)
         for message, answer in zip(pending, answers):
             self._answer(message, answer)
-            if isinstance(message.request, FireDue):
-                self._flow_due = None  # the timer forgot it when it fired
-                self._activity.end()
-        self._arm_flow()
+        self._activity.end(len(fired))
 
     def _answer(self, message: Coordinate, answer: Answer) -> None:
         accepted = accepted_of(answer)

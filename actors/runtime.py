@@ -373,8 +373,9 @@ class Steplog:
         held = set(accepted.held)  # a debounce or batch may start a run with these later: not final
         started: dict[str, list[str]] = {event_id: [] for event_id in accepted.ids if event_id not in held}
         for run in accepted.runs + accepted.skipped:
-            if run.event_id not in held:
-                started.setdefault(run.event_id, []).append(run.run_id)
+            for event_id in run.entry.data["event_ids"]:  # a batch run belongs to each of its events
+                if event_id not in held:
+                    started.setdefault(event_id, []).append(run.run_id)
         with self._recent_lock:
             self._recent_runs.update(started)
             while len(self._recent_runs) > RECENT_SENDS:

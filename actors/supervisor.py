@@ -56,7 +56,7 @@ class FunctionSupervisor(Actor):
         self._activity = activity
         self._on_storage_failure = on_storage_failure
         self._slots = slots or Slots()
-        self._supervisors = supervisors or {}
+        self._supervisors = supervisors if supervisors is not None else {}
         function = engine.registry.get(function_id)
         self._rules = function.flow.concurrency if function is not None else ()
         self._ranked = function is not None and function.flow.priority is not None

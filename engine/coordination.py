@@ -176,6 +176,7 @@ class Coordinator:
         self.committer = committer
         self.pauses = PauseIndex()
         self.flow = FlowGate()
+        self._fired: list[Accepted] = []
         self.cancelling: dict[str, str] = {}
         """run_id -> reason for runs asked to cancel: a live invocation reads it between steps."""
         self._triggered: dict[str, tuple[int, bool]] = {}
@@ -198,10 +199,14 @@ class Coordinator:
                     flow = _json_load(row["flow"]) or {}
                     if "singleton" in flow:
                         singletons.append((function.id, flow["singleton"], row["run_id"]))
+        singletons.sort(key=lambda item: item[2])  # run ids sort by time: the newest run of a key holds it
         self.flow.load(
             self.store.query("buckets"), self.store.query("debounces"),
             self.store.query("batched", order_by="position"), singletons, now,
         )
+        for function in self.registry.all():
+            if function.flow.throttle is not None:
+                self.flow.after_restart(function.id, function.flow.throttle, now)
 
     def next_due(self) -> datetime | None:
         """When the flow gate next has a debounce or batch to start."""
@@ -221,8 +226,28 @@ class Coordinator:
             self._triggered[name] = cached
         return cached[1]
 
+    def take_fired(self) -> list[Accepted]:
+        """The debounces and batches ``handle`` started on its own (they were due), to start their runs."""
+        fired, self._fired = self._fired, []
+        return fired
+
     def handle(self, requests: Sequence[Request], now: datetime) -> list[Answer]:
-        """Plan every request in order, commit them together, and answer each."""
+        """Plan every request in order, commit them together, and answer each.
+
+        Debounces and batches that are due are fired first, whoever asked: an event that comes
+        after its key's debounce was due starts a debounce of its own rather than joining the
+        overdue one. Their runs are handed over by ``take_fired``.
+        """
+        due = self.flow.next_due()
+        implicit = due is not None and due <= now and not any(isinstance(r, FireDue) for r in requests)
+        answers = self._handle([FireDue(), *requests] if implicit else list(requests), now)
+        if implicit:
+            fired = answers.pop(0)
+            if isinstance(fired, Accepted):
+                self._fired.append(fired)
+        return answers
+
+    def _handle(self, requests: Sequence[Request], now: datetime) -> list[Answer]:
         batch = _Batch()
         planned = [self._plan(request, batch, now) for request in requests]
         appends = [append for item in planned if not isinstance(item, Exception) for append in item.appends]
@@ -276,7 +301,11 @@ class Coordinator:
                     one = attrs.evolve(one, append=attrs.evolve(one.append, writes=one.append.writes + signals))
                 self._listen(one.runs, effects)
             routed.append(one)
-        return self._send_planned(routed, effects, batch)
+        planned = self._send_planned(routed, effects, batch)
+        finished = [event for one in routed for event in one.finished]
+        if not finished:
+            return planned
+        return _joined(planned, self._plan_send(finished, True, batch, now))
 
     def _send_planned(self, routed: list[Routed], effects: _Effects, batch: _Batch) -> _Planned:
         def finish(results: list[Committed | ConcurrencyError]) -> Answer:
@@ -462,6 +491,25 @@ class Coordinator:
 
 
 _UNRESOLVED = object()
+
+
+def _joined(first: _Planned, then: _Planned) -> _Planned:
+    """Two planned sends as one item: the second's events (invokes failed because flow control
+    skipped their runs) are committed with the first's, and the runs they wake are the first's."""
+    split = len(first.appends)
+
+    def finish(results: list[Committed | ConcurrencyError]) -> Answer:
+        answer, extra = first.finish(results[:split]), then.finish(results[split:])
+        if isinstance(answer, Accepted) and isinstance(extra, Accepted):
+            answer.wakes.extend(extra.wakes)
+            answer.runs.extend(extra.runs)
+        return answer
+
+    def undo() -> None:
+        then.undo()
+        first.undo()
+
+    return _Planned(first.appends + then.appends, finish, undo)
 
 
 def _accepted(

@@ -235,6 +235,12 @@ class Invocation:
             return f"timeouts.finish: the run did not finish within {timeouts.finish} of its start"
         return None
 
+    def _started_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"at": format_time(self._began)}
+        if "throttle" in self.state.flow:  # the projection keeps the key's latest start, for restarts
+            data["throttle"] = [self.state.function_id, self.state.flow["throttle"]]
+        return data
+
     def _finish_deadline(self) -> datetime | None:
         timeouts = self.function.timeouts
         if timeouts is None or timeouts.finish is None:
@@ -290,7 +296,7 @@ class Invocation:
     def _prefixed(self, entries: Sequence[NewEntry]) -> list[NewEntry]:
         batch = [*self._deferred, *entries] if self._deferred else list(entries)
         if self._pending_start:
-            batch.insert(0, NewEntry(r.RUN_STARTED, {"at": format_time(self._began)}))
+            batch.insert(0, NewEntry(r.RUN_STARTED, self._started_data()))
         elif self._pending_resume:
             batch.insert(0, NewEntry(r.RUN_RESUMED, {"at": format_time(self._began)}))
         return batch

@@ -8,7 +8,7 @@
 | timers | run_id      | runs waiting for a time (retry backoff, a sleep, a wait's timeout, a signal), with when they are due |
 | waits  | run_id, step | pauses: runs listening for an event (waits, invokes, cancel rules)  |
 | wakeups| run_id      | runs sent a signal (a wait resolved, a cancel) since they were last woken for one, until they end |
-| buckets| function_id, kind, key | GCRA state of throttles and rate limits: the theoretical arrival time |
+| buckets| function_id, kind, key | GCRA state of throttles and rate limits: the theoretical arrival time; ``started``: a throttle key's latest start |
 | debounces | function_id, key | pending debounces: the latest event, and when it is due          |
 | batched| function_id, key, internal_id | events waiting in a batch, in order, with when the batch is due |
 
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from steplog.engine import records as r
-from steplog.eventstore import Change, Delete, Entry, Table, Upsert
+from steplog.eventstore import Change, Delete, Entry, Table, Upsert, parse_time
 
 RUNS = Table(
     "runs",
@@ -187,7 +187,12 @@ def _pause_row(pause: dict[str, Any], recorded_at: str) -> Upsert:
 
 def _started(entry: Entry, run_id: str) -> list[Change]:
     run = {"run_id": run_id, "status": "running", "started_at": entry.data["at"], "updated_at": entry.recorded_at}
-    return [Upsert("runs", run), Delete("queue", {"run_id": run_id})]
+    changes: list[Change] = [Upsert("runs", run), Delete("queue", {"run_id": run_id})]
+    if "throttle" in entry.data:  # a throttled run's start: the latest start of its key, for restarts
+        function_id, key = entry.data["throttle"]
+        at = parse_time(entry.data["at"]).timestamp()
+        changes.append(Upsert("buckets", {"function_id": function_id, "kind": "started", "key": key, "tat": at}))
+    return changes
 
 
 def _resumed(entry: Entry, run_id: str) -> list[Change]:

@@ -24,7 +24,7 @@ from steplog.engine.functions import FunctionDef
 from steplog.engine.ids import new_ulid
 from steplog.engine.pauses import CANCEL_KIND, Pause, make_pause
 from steplog.engine.state import RunState
-from steplog.engine.system_events import invoked_function
+from steplog.engine.system_events import invoked_function, skipped_invoke_event
 from steplog.eventstore import Append, NewEntry, StreamWrite, format_time
 
 DEDUP_WINDOW = timedelta(hours=24)
@@ -69,6 +69,8 @@ class Routed:
     """A function holds the event (debounce, batch): a run may start with it later."""
     replaced: tuple[tuple[str, str, str], ...] = ()
     """(run_id, function_id, new run_id) of active runs that singleton's cancel mode replaces."""
+    finished: tuple[dict[str, Any], ...] = ()
+    """Events failing the invokes whose runs flow control skipped, to send with this one."""
 
 
 def dedup_key(received: ReceivedEvent) -> str | None:
@@ -101,7 +103,8 @@ def route(
     writes = (StreamWrite(stream, (NewEntry(r.EVENT_RECEIVED, record),), expected_version=0),) + tuple(routed.writes)
     key = dedup_key(received)
     append = Append(writes, key=key, key_window_s=DEDUP_WINDOW.total_seconds() if key else None)
-    return Routed(received, append, tuple(routed.runs), tuple(routed.skipped), routed.held, tuple(routed.replaced))
+    return Routed(received, append, tuple(routed.runs), tuple(routed.skipped), routed.held, tuple(routed.replaced),
+                  tuple(routed.finished))
 
 
 def _decide(
@@ -124,6 +127,7 @@ class _Routing:
     skipped: list[ScheduledRun] = attrs.Factory(list)
     notes: list[dict[str, Any]] = attrs.Factory(list)
     replaced: list[tuple[str, str, str]] = attrs.Factory(list)
+    finished: list[dict[str, Any]] = attrs.Factory(list)
     held: bool = False
 
     def add(self, function: FunctionDef, decided: tuple[Action, list[str]], now: datetime) -> None:
@@ -140,6 +144,9 @@ class _Routing:
             if isinstance(action, Skip):
                 self.skipped.append(run)
                 note.update(outcome="skipped", reason=action.reason, message=action.message, run_id=action.run_id)
+                failed_invoke = skipped_invoke_event(run.fresh_state(), action.message)
+                if failed_invoke is not None:
+                    self.finished.append(failed_invoke)
             else:
                 self.runs.append(run)
                 if action.replaces is not None:

@@ -94,8 +94,13 @@ class Engine:
 
     def _coordinate_here(self, request: Request) -> Answer:
         [answer] = self.coordinator.handle([request], self.clock.now())
+        self._take_fired()
         self._take_wakes(answer)
         return answer
+
+    def _take_fired(self) -> None:
+        for fired in self.coordinator.take_fired():
+            self._take_wakes(fired)
 
     def _take_wakes(self, answer: Answer) -> None:
         accepted = accepted_of(answer)
@@ -116,6 +121,7 @@ class Engine:
     def accept_many(self, sends: Sequence[EventInput]) -> list[Accepted | Exception]:
         """Accept several sends in one commit; each is all-or-nothing, and a bad one spoils no other."""
         answers = self.coordinator.handle([SendEvents(events) for events in sends], self.clock.now())
+        self._take_fired()
         return [answer for answer in answers if not isinstance(answer, Done)]
 
     # -- runs ------------------------------------------------------------------------------

@@ -95,3 +95,17 @@ def invoked_function(event: dict[str, Any]) -> str | None:
     meta = event.get("data", {}).get("_inngest")
     value = meta.get("fn_id") if isinstance(meta, dict) else None
     return value if isinstance(value, str) else None
+
+
+def skipped_invoke_event(skipped: RunState, message: str) -> dict[str, Any] | None:
+    """For a skipped run that ``step.invoke`` started: the finished event that fails the invoke at
+    once (as Inngest does for an invoked function that is rate limited), else None."""
+    correlation = correlation_id(skipped)
+    if correlation is None:
+        return None
+    error = {"name": "InvokeSkippedError", "message": f"the invoked function skipped the run: {message}", "stack": None}
+    data = {
+        "function_id": skipped.function_id, "run_id": skipped.run_id, "event": skipped.events[0],
+        "events": skipped.events, "error": error, "correlation_id": correlation, "_inngest": {"status": "skipped"},
+    }
+    return {"name": FINISHED, "data": data}

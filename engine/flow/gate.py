@@ -45,7 +45,7 @@ BATCH_FLUSHED = "batch.flushed"
 BATCH_BYTES = 10 * 1024 * 1024
 """A batch starts when its events reach this combined size, as in Inngest."""
 
-THROTTLE, RATE = "throttle", "rate"
+THROTTLE, RATE, STARTED = "throttle", "rate", "started"
 Received = tuple[str, dict[str, Any]]
 """An event as the gate holds it: its internal id and the event."""
 
@@ -121,18 +121,22 @@ class Journal:
     """Changes to the gate's maps while one batch is planned, to undo if its commit fails."""
 
     def __init__(self) -> None:
-        self._undo: list[tuple[dict[Any, Any], Any, Any]] = []
+        self._undo: list[tuple[dict[Any, Any], Any, Any, Any]] = []
 
     def put(self, mapping: dict[Any, Any], key: Any, value: Any) -> None:
-        self._undo.append((mapping, key, mapping.get(key, _ABSENT)))
+        self._undo.append((mapping, key, mapping.get(key, _ABSENT), value))
         mapping[key] = value
 
     def pop(self, mapping: dict[Any, Any], key: Any) -> None:
         if key in mapping:
-            self._undo.append((mapping, key, mapping.pop(key)))
+            self._undo.append((mapping, key, mapping.pop(key), _ABSENT))
 
     def undo(self) -> None:
-        for mapping, key, old in reversed(self._undo):
+        """Restore what this journal changed, except where a later change (of another request,
+        planned after this one and committed) has replaced it since."""
+        for mapping, key, old, new in reversed(self._undo):
+            if mapping.get(key, _ABSENT) is not new:
+                continue
             if old is _ABSENT:
                 mapping.pop(key, None)
             else:
@@ -146,6 +150,8 @@ class FlowGate:
     def __init__(self) -> None:
         self.buckets: dict[tuple[str, str, str], float] = {}
         """(function_id, kind, key) -> GCRA TAT, for throttle and rate limits."""
+        self.latest_starts: dict[tuple[str, str], float] = {}
+        """(function_id, throttle key) -> its latest recorded start, as loaded (for respacing at start)."""
         self.singletons: dict[tuple[str, str], str] = {}
         """(function_id, key) -> the active run."""
         self._singleton_of: dict[str, tuple[str, str]] = {}
@@ -204,7 +210,8 @@ class FlowGate:
             journal.put(self.singletons, (function_id, key), run_id)
             journal.put(self._singleton_of, run_id, (function_id, key))
             data["singleton"] = key
-        ready = max(now.timestamp(), first.get("ts", 0) / 1000)
+        t = now.timestamp()
+        ready = t
         buckets: list[list[Any]] = []
         if flow.throttle is not None:
             rule = flow.throttle
@@ -212,10 +219,11 @@ class FlowGate:
             slot = (function_id, THROTTLE, key)
             gcra = Gcra.of(rule.limit, rule.period, rule.burst)
             tat = self.buckets.get(slot)
-            ready = gcra.earliest(tat, ready)
+            ready = gcra.earliest(tat, t)
             journal.put(self.buckets, slot, gcra.after(tat, ready))
             buckets.append([function_id, THROTTLE, key, self.buckets[slot]])
             data["throttle"] = key
+        ready = max(ready, first.get("ts", 0) / 1000)  # an event from the future: not before its ts
         if flow.concurrency:
             data["concurrency"] = [
                 _scoped(function_id, rule.scope, rule.key is not None, key_of(rule.key, first, errors, "concurrency.key"))
@@ -296,15 +304,14 @@ class FlowGate:
         """When the earliest pending debounce or batch is due, if any."""
         while self._due and not self._current(self._due[0]):
             heapq.heappop(self._due)
-        return datetime.fromtimestamp(self._due[0][0], tz=timezone.utc) if self._due else None
+        return _instant(self._due[0][0]) if self._due else None
 
     def fire_due(
         self, now: datetime, flow_of: Callable[[str], FlowControl | None], journal: Journal
     ) -> list[Start | Skip]:
         """Start every debounce and batch whose time has come; key errors met on the way go with each run."""
         actions: list[Start | Skip] = []
-        t = now.timestamp()
-        while self._due and self._due[0][0] <= t:
+        while self._due and _instant(self._due[0][0]) <= now:  # compared as next_due reports it
             entry = heapq.heappop(self._due)
             if not self._current(entry):
                 continue
@@ -349,7 +356,7 @@ class FlowGate:
         """
         gcra = Gcra.of(rule.limit, rule.period, rule.burst)
         t = now.timestamp()
-        tat = queued[0][1].timestamp()
+        tat = max(queued[0][1].timestamp(), self._after_latest_start(function_id, key, gcra))
         starts: dict[str, datetime] = {}
         for run_id, ready_at in queued:
             start = max(gcra.earliest(tat, t), ready_at.timestamp())
@@ -358,6 +365,21 @@ class FlowGate:
         slot = (function_id, THROTTLE, key)
         self.buckets[slot] = max(self.buckets.get(slot, tat), tat)
         return starts
+
+    def after_restart(self, function_id: str, rule: ThrottleRule, now: datetime) -> None:
+        """At start: no throttle key may start sooner than its latest recorded start allows."""
+        gcra = Gcra.of(rule.limit, rule.period, rule.burst)
+        for (owner, key), _ in list(self.latest_starts.items()):
+            if owner != function_id:
+                continue
+            floor = self._after_latest_start(function_id, key, gcra)
+            slot = (function_id, THROTTLE, key)
+            if floor > now.timestamp() and floor > self.buckets.get(slot, 0.0):
+                self.buckets[slot] = floor
+
+    def _after_latest_start(self, function_id: str, key: str, gcra: Gcra) -> float:
+        latest = self.latest_starts.get((function_id, key))
+        return 0.0 if latest is None else latest + gcra.tolerance + gcra.emission
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -380,7 +402,9 @@ class FlowGate:
         batches, and the active runs of singleton functions as (function_id, key, run_id)."""
         t = now.timestamp()
         for row in buckets:
-            if row["tat"] > t:
+            if row["kind"] == STARTED:
+                self.latest_starts[(row["function_id"], row["key"])] = row["tat"]
+            elif row["tat"] > t:
                 self.buckets[(row["function_id"], row["kind"], row["key"])] = row["tat"]
         for row in debounces:
             received = (row["internal_id"], json.loads(row["event"]))
@@ -398,6 +422,11 @@ class FlowGate:
             self.singletons[(function_id, key)] = run_id
             self._singleton_of[run_id] = (function_id, key)
         self.rearm()
+
+
+def _instant(seconds: float) -> datetime:
+    """Epoch seconds as the clock's datetime (microseconds), the one precision due times are compared at."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 def _with_buckets(action: Start | Skip, buckets: list[list[Any]]) -> Start | Skip:
