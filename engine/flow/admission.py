@@ -7,7 +7,8 @@ retry). A sleeping or waiting run holds nothing; when it resumes it asks again.
 
 A run that does not fit waits in the queue of the first constraint that is full; when a slot of
 that key frees, the queue's first run is checked against all its constraints again and either
-starts or moves to the queue of the next full one. Queues are ordered by rank: the time the run
+starts or moves to the queue of the next full one (or of a key on which a run ranked before it
+waits, so that a run of another function queued earlier on a shared key is not passed). Queues are ordered by rank: the time the run
 became ready, minus its priority in seconds, then arrival. So each key is served first in, first
 out (best effort across keys, as in Inngest), and a run with priority 60 goes ahead of runs that
 became ready up to a minute before it.
@@ -35,6 +36,8 @@ class _Waiting:
     run_id: str
     constraints: tuple[Constraint, ...]
     rank: float
+    order: int
+    """Arrival order: breaks ties of rank."""
     owner: str
     """Whose run it is (a function id): admission hands back (owner, run_id)."""
 
@@ -51,11 +54,12 @@ class Admission:
         """A run is ready: True if it may execute now (its slots are taken), else it waits its turn."""
         if run_id in self._holding or run_id in self._waiting:
             return False
-        blocking = self._first_full(constraints) or self._queued_ahead(constraints, rank)
+        order = next(self._order)
+        blocking = self._first_full(constraints) or self._queued_ahead(constraints, (rank, order))
         if blocking is None:
             self._take(run_id, constraints)
             return True
-        waiting = _Waiting(run_id, constraints, rank, owner)
+        waiting = _Waiting(run_id, constraints, rank, order, owner)
         self._waiting[run_id] = waiting
         self._enqueue(blocking, waiting)
         return False
@@ -63,8 +67,11 @@ class Admission:
     def release(self, run_id: str) -> list[tuple[str, str]]:
         """A run's invocation ended (or a waiting run is withdrawn): the runs that may start now, as (owner, run_id)."""
         withdrawn = self._waiting.pop(run_id, None)
-        if withdrawn is not None:
-            return []  # its queue entry is skipped when reached
+        if withdrawn is not None:  # its queue entry is skipped when reached; runs it held back may go
+            started: list[tuple[str, str]] = []
+            for key, _ in withdrawn.constraints:
+                self._drain(key, started)
+            return started
         held = self._holding.pop(run_id, ())
         for key, _ in held:
             self._active[key] -= 1
@@ -98,13 +105,13 @@ class Admission:
                 return key
         return None
 
-    def _queued_ahead(self, constraints: tuple[Constraint, ...], rank: float) -> str | None:
-        """A key of these on which a run ranked before this one waits (this one must not pass it), if any."""
+    def _queued_ahead(self, constraints: tuple[Constraint, ...], place: tuple[float, int]) -> str | None:
+        """A key of these on which a run ranked before ``place`` (rank, arrival) waits (it must not be passed)."""
         for key, _ in constraints:
             queue = self._queues.get(key)
             while queue and queue[0][2] not in self._waiting:
                 heapq.heappop(queue)
-            if queue and queue[0][0] <= rank:
+            if queue and queue[0][:2] < place:
                 return key
         return None
 
@@ -114,7 +121,7 @@ class Admission:
             self._active[key] = self._active.get(key, 0) + 1
 
     def _enqueue(self, key: str, waiting: _Waiting) -> None:
-        heapq.heappush(self._queues.setdefault(key, []), (waiting.rank, next(self._order), waiting.run_id))
+        heapq.heappush(self._queues.setdefault(key, []), (waiting.rank, waiting.order, waiting.run_id))
 
     def _drain(self, key: str, started: list[tuple[str, str]]) -> None:
         queue = self._queues.get(key)
@@ -128,8 +135,9 @@ class Admission:
             if full == key:
                 break
             heapq.heappop(queue)
-            if full is not None:
-                self._enqueue(full, waiting)
+            blocking = full or self._queued_ahead(waiting.constraints, (waiting.rank, waiting.order))
+            if blocking is not None:  # full, or a run that was ready before it waits on that key
+                self._enqueue(blocking, waiting)
                 continue
             del self._waiting[run_id]
             self._take(run_id, waiting.constraints)

@@ -226,8 +226,9 @@ class FlowGate:
         ready = max(ready, first.get("ts", 0) / 1000)  # an event from the future: not before its ts
         if flow.concurrency:
             data["concurrency"] = [
-                _scoped(function_id, rule.scope, rule.key is not None, key_of(rule.key, first, errors, "concurrency.key"))
-                for rule in flow.concurrency
+                _scoped(function_id, index, rule.scope, rule.key is not None,
+                        key_of(rule.key, first, errors, "concurrency.key"))
+                for index, rule in enumerate(flow.concurrency)
             ]
         if flow.priority is not None:
             data["priority"] = priority_of(flow.priority, first, errors, PRIORITY_RANGE)
@@ -441,11 +442,12 @@ def _holds(condition: Expression, event: dict[str, Any], errors: list[str]) -> b
         return False
 
 
-def _scoped(function_id: str, scope: str, keyed: bool, value: str) -> str:
-    """A concurrency key as admission counts it: per function (and value), or shared by the engine."""
+def _scoped(function_id: str, index: int, scope: str, keyed: bool, value: str) -> str:
+    """A concurrency key as admission counts it: per function, rule and value, or shared by the
+    engine (every function whose "env" key has this value)."""
     if scope == "env":
         return f"env:{value}"
-    return f"fn:{function_id}:{value}" if keyed else f"fn:{function_id}"
+    return f"fn:{function_id}:{index}:{value}" if keyed else f"fn:{function_id}"
 
 
 def _stream(kind: str, function_id: str, key: str) -> str:

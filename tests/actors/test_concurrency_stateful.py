@@ -244,7 +244,7 @@ class ConcurrencyMachine(RuleBasedStateMachine):
         if fn == "g":
             assert self.env is not None
             return [("max:g", MAX_ACTIVE), (f"env:{g}", self.env[1])]
-        keys = [("max:f", MAX_ACTIVE), (f"fn:f:{k}", self.limit)]
+        keys = [("max:f", MAX_ACTIVE), (f"fn:f:0:{k}", self.limit)]
         if self.env is not None:
             keys.append((f"env:{g}", self.env[0]))
         return keys
@@ -564,7 +564,7 @@ def test_priority_orders_the_queue_then_arrival(db_path: Path, clock: steplog.Ma
         assert gate.wait_entered(2) == ["first", "other-key"]
         gate.release("other-key")
         wait_until(
-            lambda: client.slots.waiting_count() == len(queued) + 1 and client.slots.counts() == {"fn:p:u": 1, "max:p": 1},
+            lambda: client.slots.waiting_count() == len(queued) + 1 and client.slots.counts() == {"fn:p:0:u": 1, "max:p": 1},
             lambda: f"every run of key u queued, other-key ended: {client.slots.counts()}",
         )
 
@@ -621,7 +621,7 @@ def test_a_failing_body_gives_its_slot_back_and_runs_again_later(
             assert client.get_run(flaky)["status"] == "waiting"
             client.advance(timedelta(minutes=2), wait=False)  # its retry is due: it queues behind "next"
         wait_until(lambda: client.slots.waiting_count() == 1, "flaky queued again")
-        assert client.slots.counts() == {"fn:c:u": 1, "max:c": 1}
+        assert client.slots.counts() == {"fn:c:0:u": 1, "max:c": 1}
         assert attempts == {"flaky": 1, "next": 1}
 
         gate.release("next")
@@ -657,13 +657,13 @@ def test_cancelling_a_queued_run_takes_no_slot_from_others(
         # the cancel is recorded; b ends as cancelled when it is invoked, which, queued behind a
         # key at its limit, happens at its turn (its body does not run)
         assert client.get_run(b)["status"] in ("queued", "cancelled")
-        assert client.slots.counts() == {"fn:q:u": 1, "max:q": 1}  # a keeps its slot; c does not start
+        assert client.slots.counts() == {"fn:q:0:u": 1, "max:q": 1}  # a keeps its slot; c does not start
         with CHANGED:
             assert gate.entered == ["a"]
 
         gate.release("a")
         assert gate.wait_entered(2) == ["a", "c"]  # the queue moved on past the cancelled run
-        assert client.slots.counts() == {"fn:q:u": 1, "max:q": 1}
+        assert client.slots.counts() == {"fn:q:0:u": 1, "max:q": 1}
         gate.release("c")
         assert client.run_until_idle(timeout=WAIT)
         assert client.slots.counts() == {} and client.slots.waiting_count() == 0
@@ -696,7 +696,7 @@ def test_a_run_waiting_for_an_event_holds_no_slot(db_path: Path, clock: steplog.
 
         client.send({"name": "app/paid"})  # the waiter wakes and must queue for the slot
         wait_until(lambda: client.slots.waiting_count() == 1, "the woken waiter queued")
-        assert client.slots.counts() == {"fn:w:u": 1, "max:w": 1}
+        assert client.slots.counts() == {"fn:w:0:u": 1, "max:w": 1}
         with CHANGED:
             assert gate.entered == ["other"]
 
@@ -747,12 +747,6 @@ def test_a_release_starts_the_run_it_admits_of_another_function(
         client.stop(timeout=1.0)  # if the admitted run never starts, stop must not wait long
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a release drains its keys in order and admits from the function's own key queue first: a run "
-    "of the same function and key that queued later takes the shared env slot ahead of another function's run "
-    "that queued for it earlier (not first in, first out per key; that run starves while the queue keeps filling)",
-)
 def test_a_shared_key_serves_its_waiting_runs_first_in_first_out(
     db_path: Path, clock: steplog.ManualClock, gate: Gate
 ) -> None:
@@ -790,11 +784,6 @@ def test_a_shared_key_serves_its_waiting_runs_first_in_first_out(
         client.stop(timeout=1.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the admission key of a function-scoped constraint is 'fn:<fn_id>:<value>' without the rule: two "
-    "constraints with different key expressions whose values are equal share one counter, and each run adds 2",
-)
 def test_two_constraints_of_a_function_with_equal_values_count_apart(
     db_path: Path, clock: steplog.ManualClock, gate: Gate
 ) -> None:

@@ -469,7 +469,7 @@ def test_a_failing_concurrency_key_and_priority_still_schedule_the_run(
     [note] = notes(store, event)
     assert [error.split(":")[0] for error in note["errors"]] == ["concurrency.key", "priority.run"]
     [run] = queries.list_runs(store)
-    assert engine.run_flow(run["run_id"]) == {"concurrency": ["fn:f:"], "priority": 0}
+    assert engine.run_flow(run["run_id"]) == {"concurrency": ["fn:f:0:"], "priority": 0}
     consistent(store)
 
 

@@ -281,8 +281,11 @@ def run_model(ops: list[tuple[Any, ...]], uniform: bool) -> Model:
                        if model.admission.is_waiting(run_id) and run_id not in model.withdrawn]
             if waiting:
                 run_id = waiting[op[1] % len(waiting)]
-                assert model.admission.release(run_id) == []
                 model.withdrawn.add(run_id)
+                started = [admitted for _, admitted in model.admission.release(run_id)]  # runs it held back
+                assert run_id not in started
+                for position, admitted in enumerate(started):
+                    model.admit(admitted, tuple(started[position + 1:]))
                 assert not model.admission.is_waiting(run_id)
         model.check_counts()
         if uniform:
