@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 import pykka
@@ -25,11 +26,13 @@ from steplog.actors.slots import Slots
 from steplog.engine import Engine
 from steplog.engine.coordination import StaleRunError
 from steplog.engine.flow import Constraint
+from steplog.engine.flow.gcra import Gcra
 from steplog.engine.invocation import Outcome
 from steplog.engine.state import RunState
 from steplog.eventstore import StorageError, parse_time
 
 MAX_RESTARTS = 3
+PACERS_KEPT = 10_000
 log = logging.getLogger("steplog.supervisor")
 
 
@@ -61,6 +64,12 @@ class FunctionSupervisor(Actor):
         self._rules = function.flow.concurrency if function is not None else ()
         self._ranked = function is not None and function.flow.priority is not None
         self._own_limit: Constraint = (f"max:{function_id}", max_active)
+        throttle = function.flow.throttle if function is not None else None
+        self._pacing = None if throttle is None else Gcra.of(throttle.limit, throttle.period, throttle.burst)
+        self._pacers: dict[str, float] = {}
+        """Throttle key -> GCRA time of the starts this supervisor let happen."""
+        self._unpaced: dict[str, str] = {}
+        """Throttled runs not started yet -> their throttle key."""
         self._active: set[str] = set()
         self._states: dict[str, RunState | None] = {}
         """Runs waiting for a slot, with their state if known."""
@@ -100,7 +109,9 @@ class FunctionSupervisor(Actor):
         if run_id in self._states:
             self._activity.end()
             return
-        ready_at = self._not_ready_until(state)
+        if self._pacing is not None and state is not None and not state.started and "throttle" in state.flow:
+            self._unpaced[run_id] = state.flow["throttle"]
+        ready_at = self._not_ready_until(state) or self._paced_start(run_id)
         if ready_at is not None:  # throttled, or an event from the future: it takes no slot until then
             self._arm(Arm(ready_at, run_id, self._function_id))
             self._activity.end()
@@ -112,6 +123,22 @@ class FunctionSupervisor(Actor):
             return None
         ready_at = parse_time(state.ready_at)
         return ready_at if ready_at > self._engine.clock.now() else None
+
+    def _paced_start(self, run_id: str) -> datetime | None:
+        """Throttle, applied again to actual starts: a throttled run whose time came while this
+        supervisor was busy (a flood of sends ahead of it in the mailbox) starts at the throttled
+        rate after the ones before it, instead of in a burst with every other late one. Its
+        start is reserved now, so the timer's start message lets it through."""
+        key = self._unpaced.pop(run_id, None)
+        if key is None or self._pacing is None:
+            return None
+        now = self._engine.clock.now().timestamp()
+        tat = self._pacers.get(key)
+        start = self._pacing.earliest(tat, now)
+        self._pacers[key] = self._pacing.after(tat, start)
+        if len(self._pacers) > PACERS_KEPT:
+            self._pacers = {key: tat for key, tat in self._pacers.items() if tat > now}
+        return datetime.fromtimestamp(start, tz=timezone.utc) if start > now else None
 
     def _offer(self, run_id: str, state: RunState | None) -> None:
         constraints, priority = self._constraints(run_id, state)
@@ -164,6 +191,7 @@ class FunctionSupervisor(Actor):
                 self._offer(run_id, None)
         else:
             self._flows.pop(run_id, None)
+            self._unpaced.pop(run_id, None)
             if run_id in self._armed:  # it ended: a timer left for it (a wait's timeout) must not wake it
                 self._armed.discard(run_id)
                 self._timer.tell(Disarm(run_id))
