@@ -191,15 +191,16 @@ class Coordinator:
         """Fill the flow gate from the projections (at start): bucket times, pending debounces and
         batches, and the active runs of singleton functions."""
         singletons = []
+        cancelling = {row["run_id"] for row in self.store.query("wakeups") if row["reason"] == "cancel"}
         for function in self.registry.all():
             if function.flow.singleton is None:
                 continue
             for status in ("queued", "running", "waiting"):
                 for row in self.store.query("runs", where={"function_id": function.id, "status": status}):
                     flow = _json_load(row["flow"]) or {}
-                    if "singleton" in flow:
+                    if "singleton" in flow and row["run_id"] not in cancelling:  # a replaced run holds no key
                         singletons.append((function.id, flow["singleton"], row["run_id"]))
-        singletons.sort(key=lambda item: item[2])  # run ids sort by time: the newest run of a key holds it
+        singletons.sort(key=lambda item: item[2])  # else, the newest run of a key holds it
         self.flow.load(
             self.store.query("buckets"), self.store.query("debounces"),
             self.store.query("batched", order_by="position"), singletons, now,

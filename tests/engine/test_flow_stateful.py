@@ -6,8 +6,10 @@ over a MemoryEventStore (a crash builds a new Engine over the same store) or a S
 crash closes the store and opens the file again), drawn per example. Rules send events (one at a
 time or several in one send, sometimes reusing an earlier event id), move the clock (in steps
 through every time the model expects something to happen, in one jump, or to the engine's next
-timer or just short of it) and crash, optionally with time passing while the process is down;
-after a crash ``start()`` rebuilds everything in memory from the log and its projections.
+timer or just short of it; or time passes and an event comes before the engine is driven) and
+crash (after a send was committed and before anything ran, too), optionally with time passing
+while the process is down; after a crash ``start()`` rebuilds everything in memory from the log
+and its projections.
 
 The handler records (clock time, the ``n`` of each event in ``ctx.events``) once per run id (a
 resumed run runs its code again). The models say, from the stream of events and clock times,
@@ -15,9 +17,10 @@ which runs are scheduled with which events and for when (``ready``), which start
 time (the first time the engine is driven at or after ``ready``), which are skipped and why,
 and what is pending:
 
-- throttle: GCRA virtual scheduling per key: ``start = max(ready, tat - burst*T)``,
-  ``tat = max(tat, start) + T`` with ``T = period/limit``; nothing is dropped; at a restart, a
-  key's runs still queued get their times again from the first one's (``FlowGate.respace``);
+- throttle: GCRA virtual scheduling per key: ``start = max(now, tat - burst*T)``,
+  ``tat = max(tat, start) + T`` with ``T = period/limit``, from the time the event is received (a
+  future ``ts`` delays the start further); nothing is dropped; at a restart no key starts sooner
+  than ``T`` after its latest start, and its runs still queued get their times again, in order;
 - rate limit: GCRA per key with ``burst = limit // 10``; an event over it is skipped;
 - idempotency: one run per key per 24 h, the rest skipped;
 - debounce: per key the last event (an event older than it, by ``ts``, is ignored) and the time
@@ -32,17 +35,18 @@ Duplicates (an id seen in the last 24 h) start nothing and reach no policy, as t
 documents. After every rule: the runs (events, ready time, start time, status, end time), the
 skips (from ``queries.list_runs(status="skipped")``), the pending debounces and batches and the
 logged GCRA times equal the model's, and the projections equal a rebuild from the log. For a
-throttle, per key and in any window of one period, the scheduled starts and (unless the clock
-jumped over them) the actual starts are at most ``limit + burst + 1`` with both ends included
-(the gate's ``W/T + burst + 1``) and ``limit + burst`` with the end excluded (the docs). At
-teardown the clock runs until nothing is due: every model run has started (or was cancelled
-first) and no debounce, batch, queued run or timer is left.
+throttle, per key and in any window of one period, the scheduled starts and (unless the engine
+was driven late) the actual starts, across restarts too, are at most ``limit + burst + 1`` with
+both ends included (the gate's ``W/T + burst + 1``) and ``limit + burst`` with the end excluded
+(docs/flow-control.md). At teardown the clock runs until nothing is due: every model run has
+started (or was cancelled first) and no debounce, batch, queued run or timer is left.
 
-Three bugs, each reproduced by an xfail test at the end of the file, are kept out of the
-machines' way: no rule sends an event while a debounce is overdue (every rule leaves the engine
-idle); in singleton cancel mode a send that replaces an active run is run before a crash; and
-the throttle's bound on actual starts is no longer checked once a restart is on the path of the
-re-spacing bug (the model still follows the engine there).
+The tests at the end are the bugs these machines found, shrunk. Fixed since (f01f2bd): an event
+after an overdue debounce joined it; a restart gave a singleton key to the run being replaced; a
+second restart gave throttled runs start times closer than the throttle allows. A singleton key went to the replaced run when both runs were scheduled in the same
+millisecond (fixed: a run asked to cancel holds no key at load). A known difference (xfail, and
+the throttle machine steps around it): in the synchronous engine a run for an event with a
+future ``ts`` may start closer to the next one than its key's throttle allows.
 """
 
 from __future__ import annotations
@@ -116,8 +120,11 @@ class ModelRun:
     sleep: float = 0.0
     ended: datetime | None = None
     status: str = "queued"
+    """queued, waiting (started, maybe sleeping), completed, cancelling (asked to), cancelled."""
     respaced: datetime | None = None
     """Its start time as a restart gave it again (throttle), if it did."""
+    scheduled: datetime | None = None
+    """When its event came (or its debounce or batch fired)."""
 
     @property
     def due(self) -> datetime:
@@ -150,16 +157,22 @@ class Model:
         """(debounces as (key, n, due), batched events as (key, n, due))."""
         return set(), set()
 
-    def restart(self, now: datetime) -> bool:
-        """A new engine starts at ``now``; True if that puts the example on a known bug's path."""
-        return False
+    def restart(self, now: datetime) -> None:
+        """A new engine starts at ``now``."""
+
+    def started(self, run: ModelRun, now: datetime) -> None:
+        """A run starts."""
 
     def settle(self, now: datetime) -> None:
-        """The engine was driven at ``now``: due items fire, ready runs start, sleeps end."""
+        """The engine was driven at ``now``: due items fire, runs asked to cancel stop, ready runs
+        start, sleeps end."""
         self.fire(now)
         for run in self.runs:
+            if run.status == "cancelling":
+                run.status, run.ended = "cancelled", now
             if run.status == "queued" and run.due <= now:  # (a queued run may have been cancelled)
                 run.started, run.status = now, "waiting"
+                self.started(run, now)
             if run.status == "waiting" and run.started is not None and run.started + timedelta(seconds=run.sleep) <= now:
                 run.status, run.ended = "completed", now
 
@@ -172,7 +185,7 @@ class Model:
 
     def schedule(self, ns: tuple[int, ...], key: str, now: datetime, ts_ms: int, sleep: float = 0.0) -> ModelRun:
         """A run scheduled now, ready now or at its first event's ``ts`` if that is later."""
-        run = ModelRun(ns, key, at(max(now.timestamp(), ts_ms / 1000)), sleep=sleep)
+        run = ModelRun(ns, key, at(max(now.timestamp(), ts_ms / 1000)), sleep=sleep, scheduled=now)
         self.runs.append(run)
         return run
 
@@ -189,41 +202,47 @@ class ThrottleModel(Model):
     limit: int = 1
     period: float = 1.0
     burst: int = 0
+    unbounded: set[str] = field(default_factory=set)
+    """Keys a run was scheduled for later than its throttle slot, for its event's future ``ts``:
+    the bound is not checked for them (see test_a_future_event_keeps_the_throttle)."""
 
     def event(self, n: int, key: str, ts_ms: int, data: dict[str, Any], now: datetime) -> None:
-        ready = max(now.timestamp(), ts_ms / 1000)  # a future ts delays the start
-        start = self.gcra("throttle", key, ready, self.period / self.limit, self.burst)
-        if start > ready:
+        t = now.timestamp()
+        start = self.gcra("throttle", key, t, self.period / self.limit, self.burst)
+        if start > t:
             self.notes.add("throttle delayed a run")
-        self.runs.append(ModelRun((n,), key, at(start)))
+        if ts_ms / 1000 > start:
+            self.unbounded.add(key)
+        self.runs.append(ModelRun((n,), key, at(max(start, ts_ms / 1000))))  # a future ts delays it further
 
-    def restart(self, now: datetime) -> bool:
-        """The gate reloads the logged TATs; each key's runs still queued get their start times
-        again, in order, continuing the GCRA from the first one's scheduled time (so runs that
-        came due while the engine was down start at the throttled rate, not all at once).
+    def started(self, run: ModelRun, now: datetime) -> None:
+        self.logged[("started", run.key)] = now.timestamp()  # the key's latest start, logged with it
 
-        That continuation is right when the runs before the first queued one started at their
-        scheduled times. It is not after an earlier restart gave runs new times and no event has
-        logged the TAT those imply since: the gate reloads the older TAT, and runs still queued
-        start again from their stale scheduled times (see test_a_second_restart_keeps_the_throttle).
-        Returns whether this restart is such a one."""
+    def restart(self, now: datetime) -> None:
+        """The gate reloads the logged TATs, raised so that no key starts sooner than ``T`` after
+        its latest start; then each key's runs still queued get their start times again, in
+        order, continuing the GCRA from the first one's scheduled time or ``T`` after the key's
+        latest start, whichever is later (so runs that came due while the engine was down start at
+        the throttled rate, not all at once)."""
         t, emission = now.timestamp(), self.period / self.limit
         tolerance = self.burst * emission
-        buggy = any(t < tat and self.logged.get(slot, tat) < tat for slot, tat in self.tats.items())
-        self.tats = dict(self.logged)
+        self.tats = {slot: tat for slot, tat in self.logged.items() if slot[0] == "throttle"}
+        after_latest = {key: latest + tolerance + emission for (kind, key), latest in self.logged.items()
+                        if kind == "started"}
+        for key, floor in after_latest.items():
+            if floor > t and floor > self.tats.get(("throttle", key), 0.0):
+                self.tats[("throttle", key)] = floor
         for key in sorted({run.key for run in self.runs if run.status == "queued"}):
             queued = [run for run in self.runs if run.key == key and run.status == "queued"]
-            buggy |= any(run.respaced not in (None, run.ready) for run in queued)
-            tat = queued[0].ready.timestamp()
+            tat = max(queued[0].ready.timestamp(), after_latest.get(key, 0.0))
             for run in queued:
                 start = max(t, tat - tolerance, run.ready.timestamp())
                 tat = max(tat, start) + emission
                 run.respaced = at(start)
                 if run.respaced != run.ready:
-                    self.notes.add("a restart spaced overdue runs again")
+                    self.notes.add("a restart spaced queued runs again")
             slot = ("throttle", key)
             self.tats[slot] = max(self.tats.get(slot, tat), tat)
-        return buggy
 
 
 @dataclass
@@ -319,7 +338,7 @@ class SingletonModel(Model):
             self.skips.append(((n,), "singleton"))
             return
         for run in active:
-            run.status, run.ended = "cancelled", now
+            run.status = "cancelling"  # it stops when the engine runs it next
         self.schedule((n,), key, now, ts_ms, sleep=float(data["s"]))
 
 
@@ -344,8 +363,8 @@ class FlowMachine(RuleBasedStateMachine):
         self.count = 0
         self.crashes = 0
         self.bounded = True
-        """Actual starts must keep to the throttle's bound: the clock never jumped over start
-        times, and no restart was on the known bug's path (see ThrottleModel.restart)."""
+        """Actual starts must keep to the throttle's bound: the engine was never driven late (a
+        jump, or a send after time passed) while runs were due."""
         self.config: dict[str, Any] = {}
         self.model: Model = Model()
         self.function: FunctionDef | None = None
@@ -550,6 +569,17 @@ class FlowMachine(RuleBasedStateMachine):
         """Whether to run what the send started before the crash (to stay off a known bug's path)."""
         return False
 
+    @rule(key=st.sampled_from(KEYS), reuse=st.sampled_from(REUSE), extra=st.integers(0, 7), data=st.data())
+    def send_late(self, key: str, reuse: int, extra: int, data: st.DataObject) -> None:
+        """Time passes and an event comes before the engine is driven: whatever the coordinator
+        was asked first, debounces and batches that fell due fire before the event is decided;
+        sleeps that ended and runs that came due wait for the next ``run_until_idle``."""
+        assert self.engine is not None
+        self.clock.advance(data.draw(st.sampled_from(self.ADVANCES), label="seconds"))
+        self.bounded = False
+        self.model.fire(self.clock.now())
+        self._send([self._event(key, reuse, extra)])
+
     def _crash(self, downtime: float) -> None:
         self.crashes += 1
         if isinstance(self.store, SqliteEventStore):
@@ -558,9 +588,7 @@ class FlowMachine(RuleBasedStateMachine):
         self.engine = None
         self.clock.advance(downtime)
         self.engine = self._new_engine()
-        if self.model.restart(self.clock.now()):
-            self.bounded = False
-            hypothesis.event("a restart on the path of a known bug")
+        self.model.restart(self.clock.now())
         self.model.settle(self.clock.now())
 
     # -- checks -------------------------------------------------------------------------------
@@ -640,9 +668,12 @@ class ThrottleMachine(FlowMachine):
         period = timedelta(seconds=self.config["period"])
         ready: dict[str, list[datetime]] = {}
         started: dict[str, list[datetime]] = {}
+        unbounded = self.model.unbounded if isinstance(self.model, ThrottleModel) else set()
         for row in self.store.query("runs"):
             [first, *_] = self.store.read_stream(r.run_stream(row["run_id"]))
             key = first.data["events"][0]["data"]["k"]
+            if key in unbounded:
+                continue
             ready.setdefault(key, []).append(parse_time(first.data["ready_at"]))
             if self.bounded and row["run_id"] in self.records:
                 started.setdefault(key, []).append(self.records[row["run_id"]][0])
@@ -734,10 +765,13 @@ class SingletonCancelMachine(SingletonMachine):
     MODE: ClassVar[str] = "cancel"
 
     def _runs_before_crash(self, key: str) -> bool:
-        """A send that replaces an active run, then a crash before the replaced run has stopped,
-        leaves the gate holding the wrong run after the restart (see
-        test_a_restart_remembers_the_run_that_replaced_a_singleton): run until idle first then."""
-        return any(run.key == key and run.status in ("queued", "waiting") for run in self.model.runs)
+        """A send that replaces an active run scheduled in the same millisecond, then a crash before
+        that run stopped: the restart may give the key to the replaced run (run ids of one
+        millisecond sort at random; see test_a_restart_remembers_the_run_that_replaced_a_singleton).
+        Run until idle before crashing then."""
+        millis = int(self.clock.now().timestamp() * 1000)
+        return any(run.key == key and run.status in ("queued", "waiting") and run.scheduled is not None
+                   and int(run.scheduled.timestamp() * 1000) == millis for run in self.model.runs)
 
 
 for _machine in (ThrottleMachine, RateLimitMachine, IdempotencyMachine, DebounceMachine, BatchMachine,
@@ -752,7 +786,7 @@ test_singleton_skip = SingletonMachine.TestCase
 test_singleton_cancel = SingletonCancelMachine.TestCase
 
 
-# -- known bugs: minimal reproductions --------------------------------------------------------
+# -- regressions: what these machines found, shrunk --------------------------------------------
 
 
 def _engine_over(store: EventStore, clock: ManualClock, function: FunctionDef) -> Engine:
@@ -765,12 +799,9 @@ def _engine_over(store: EventStore, clock: ManualClock, function: FunctionDef) -
 
 
 @pytest.mark.parametrize("behind", ["after a restart", "send without run_until_idle"])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an event that arrives after its key's debounce is due, before the engine has fired it, "
-    "is merged into the overdue debounce (FlowGate._debounce never looks at pending.due): the "
-    "pending event never starts a run, and the start is pushed back again"
-))
 def test_an_event_after_a_due_debounce_starts_a_debounce_of_its_own(behind: str) -> None:
+    """An event that comes after its key's debounce was due, before the engine fired it, must not
+    join the overdue debounce (it did: the pending event never started a run)."""
     clock, store = ManualClock(START), MemoryEventStore(RunProjector())
     started: list[list[str]] = []
 
@@ -788,17 +819,23 @@ def test_an_event_after_a_due_debounce_starts_a_debounce_of_its_own(behind: str)
     engine.send({"name": "app/go", "id": "e2", "data": {"k": "a"}})
     engine.advance(60)
     # e1's period passed with no other event: it starts a run (at +8 s, when the engine is back);
-    # e2 starts a debounce of its own, due at +13 s. Got: one run, [e2], at +68 s.
+    # e2 starts a debounce of its own, due at +13 s. (It was one run, [e2], at +68 s.)
     assert sorted(started) == [["e1"], ["e2"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: singleton mode cancel: after a restart between the commit of a run that replaces the "
-    "active one and the cancellation of the replaced run, Coordinator.load_flow gives the key to "
-    "the replaced run (the last row read, statuses queued, running, waiting in that order); when "
-    "it ends the key is free, and the next event cancels nothing: two runs of the key are active"
-))
-def test_a_restart_remembers_the_run_that_replaced_a_singleton() -> None:
+@pytest.mark.parametrize("replaced", [
+    "a millisecond earlier",
+    "in the same millisecond",
+])
+def test_a_restart_remembers_the_run_that_replaced_a_singleton(replaced: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Singleton mode cancel, and a restart after a run replaced the active one but before that one
+    stopped: the key belongs to the new run (a restart gave it to the last row it read, the
+    replaced run; when that ended the key was free, and two runs of the key ran at once)."""
+    from steplog.engine.flow import gate
+    from steplog.engine.ids import new_ulid
+
+    later_is_smaller = iter(range(2**79, 0, -1))  # random bits that happen to decrease: a legal draw
+    monkeypatch.setattr(gate, "new_ulid", lambda moment: new_ulid(moment, next(later_is_smaller).to_bytes(10, "big")))
     clock, store = ManualClock(START), MemoryEventStore(RunProjector())
 
     def handler(ctx: Context) -> None:
@@ -809,6 +846,8 @@ def test_a_restart_remembers_the_run_that_replaced_a_singleton() -> None:
     engine = _engine_over(store, clock, function)
     engine.send({"name": "app/go", "id": "e1"})
     engine.run_until_idle()  # e1's run sleeps
+    if replaced == "a millisecond earlier":
+        clock.advance(0.001)
     engine.send({"name": "app/go", "id": "e2"})  # replaces it; the process dies before anything runs
     engine = _engine_over(store, clock, function)
     engine.run_until_idle()  # e1's run is cancelled, e2's sleeps
@@ -816,17 +855,14 @@ def test_a_restart_remembers_the_run_that_replaced_a_singleton() -> None:
     engine.run_until_idle()
     names = {row["internal_id"]: row["id"] for row in store.query("events")}
     status = {names[row["event_id"]]: row["status"] for row in queries.list_runs(store, limit=None)}
-    # expected: e2's run cancelled, e3's active. Got: e2's and e3's runs both waiting.
+    # e2's run cancelled, e3's active (they were both waiting)
     assert status == {"e1": "cancelled", "e2": "cancelled", "e3": "waiting"}
 
 
 @pytest.mark.parametrize("queued", [0, 3], ids=["backlog drained", "backlog still queued"])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: throttle: the start times a restart gives overdue runs again (FlowGate.respace) are not "
-    "logged; a second restart reloads the older TAT and re-spaces runs still queued from their "
-    "stale ready_at, so runs start closer together than the throttle allows"
-))
 def test_a_second_restart_keeps_the_throttle(queued: int) -> None:
+    """The start times a first restart gave overdue runs again were not logged: a second restart
+    reloaded the older TAT, and gave runs still queued their stale times again."""
     clock, store = ManualClock(START), MemoryEventStore(RunProjector())
     started: list[float] = []
 
@@ -847,6 +883,32 @@ def test_a_second_restart_keeps_the_throttle(queued: int) -> None:
     engine.run_until_idle()
     while (due := engine.next_timer()) is not None:
         engine.advance(due - clock.now())
-    # expected: 100, 110, 120, ... Got: [100, 110, 110] (the new event starts at once), or
-    # [100, 110, 110, 120, 130] (the still-queued runs start again from their stale 20 s slot).
+    # 100, 110, 120, ... (they were [100, 110, 110]: the new event started at once, and
+    # [100, 110, 110, 120, 130]: the still-queued runs started again from their stale 20 s slot)
     assert all(later - earlier >= 10 for earlier, later in pairwise(started)), started
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known difference (docs/flow-control.md): the synchronous engine charges a future-ts event's "
+    "throttle slot when the event comes and starts it at its ts, so the next run of the key may "
+    "start closer than the throttle allows; the threaded runtime paces actual starts again"
+))
+def test_a_future_event_keeps_the_throttle() -> None:
+    clock, store = ManualClock(START), MemoryEventStore(RunProjector())
+    started: list[tuple[float, int]] = []
+
+    def handler(ctx: Context) -> None:
+        started.append(((clock.now() - START).total_seconds(), ctx.event.data["i"]))
+
+    flow = FlowOptions(throttle=Throttle(limit=1, period=4, burst=0))  # one start per 4 s
+    function = define_function(handler, fn_id="throttled", trigger=TriggerEvent(event="app/go"), flow=flow)
+    engine = _engine_over(store, clock, function)
+    future = int(START.timestamp() * 1000) + 3000  # +3 s
+    engine.send([{"name": "app/go", "data": {"i": 0}, "ts": future}, {"name": "app/go", "data": {"i": 1}}])
+    engine.run_until_idle()
+    while (due := engine.next_timer()) is not None:
+        engine.advance(due - clock.now())
+    # at least 4 s apart (as Inngest, which throttles when a run is dequeued: i=1 at 0 s, i=0 at 4 s).
+    # Got: [(3.0, 0), (4.0, 1)].
+    times = sorted(at for at, _ in started)
+    assert all(later - earlier >= 4 for earlier, later in pairwise(times)), started
