@@ -66,9 +66,9 @@ class Admission:
 
     def release(self, run_id: str) -> list[tuple[str, str]]:
         """A run's invocation ended (or a waiting run is withdrawn): the runs that may start now, as (owner, run_id)."""
+        started: list[tuple[str, str]] = []
         withdrawn = self._waiting.pop(run_id, None)
         if withdrawn is not None:  # its queue entry is skipped when reached; runs it held back may go
-            started: list[tuple[str, str]] = []
             for key, _ in withdrawn.constraints:
                 self._drain(key, started)
             return started
@@ -77,7 +77,6 @@ class Admission:
             self._active[key] -= 1
             if not self._active[key]:
                 del self._active[key]
-        started: list[tuple[str, str]] = []
         for key, _ in held:
             self._drain(key, started)
         return started

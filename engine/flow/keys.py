@@ -9,6 +9,7 @@ applies to it (shared with every other event whose key failed).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from steplog.engine.expressions import Expression, ExpressionError
@@ -35,7 +36,7 @@ def priority_of(expression: Expression | None, event: dict[str, Any], errors: li
     except ExpressionError as error:
         errors.append(f"priority.run: {error}")
         return 0
-    if value != value:  # NaN (0.0 / 0.0): no order at all
+    if math.isnan(value):  # 0.0 / 0.0: no order at all
         errors.append("priority.run: the result is not a number (NaN); using 0")
         return 0
     return int(max(-bound, min(bound, value)))
