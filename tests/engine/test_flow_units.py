@@ -391,3 +391,15 @@ def test_priority_of_an_infinite_result_does_not_raise() -> None:
     value = priority_of(expression("event.data.a / event.data.b", "number"), {"data": {"a": 1.0, "b": 0.0}},
                         errors, 600)
     assert value in (600, 0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"k": "a"}, {"k": 1}, {"k": 1.5}, {"k": True}, {"k": None}, {"k": {"b": [1, "x"]}}, {"k": [2, 1]}, {}, {"x": 1}],
+)
+def test_a_plain_field_key_gives_what_cel_gives(data: dict[str, Any]) -> None:
+    plain, cel = [], []
+    fast = key_of(expression("event.data.k"), {"data": data}, plain, "throttle.key")
+    slow = key_of(expression("(event.data.k)"), {"data": data}, cel, "throttle.key")  # not a plain path: CEL
+    assert fast == slow
+    assert bool(plain) == bool(cel)
