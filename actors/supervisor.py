@@ -13,8 +13,9 @@ A crashed run never stops the engine: the supervisor restarts the run from the l
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pykka
@@ -23,7 +24,7 @@ from steplog.actors.base import Actor
 from steplog.actors.messages import Admitted, Arm, ArmAll, Disarm, RunCrashed, RunEnded, StartRun
 from steplog.actors.run import ExecuteRun, WorkerPool
 from steplog.actors.slots import Slots
-from steplog.engine import Engine
+from steplog.engine import Engine, ManualClock
 from steplog.engine.coordination import StaleRunError
 from steplog.engine.flow import Constraint
 from steplog.engine.flow.gcra import Gcra
@@ -33,6 +34,8 @@ from steplog.eventstore import StorageError, parse_time
 
 MAX_RESTARTS = 3
 PACERS_KEPT = 10_000
+PACE = "~pace:"
+"""Timer ids of throttle keys (no run id starts with ``~``)."""
 log = logging.getLogger("steplog.supervisor")
 
 
@@ -65,11 +68,16 @@ class FunctionSupervisor(Actor):
         self._ranked = function is not None and function.flow.priority is not None
         self._own_limit: Constraint = (f"max:{function_id}", max_active)
         throttle = function.flow.throttle if function is not None else None
-        self._pacing = None if throttle is None else Gcra.of(throttle.limit, throttle.period, throttle.burst)
+        # On a manual clock a jump fires every run due meanwhile at once, as if each had started on
+        # its time (which the flow gate decided); pacing is for the lateness of a real clock.
+        paced = throttle is not None and not isinstance(engine.clock, ManualClock)
+        self._pacing = Gcra.of(throttle.limit, throttle.period, throttle.burst) if paced and throttle else None
         self._pacers: dict[str, float] = {}
-        """Throttle key -> GCRA time of the starts this supervisor let happen."""
+        """Throttle key -> GCRA time of the starts this supervisor let happen (``_pace``)."""
         self._unpaced: dict[str, str] = {}
         """Throttled runs not started yet -> their throttle key."""
+        self._due_by_key: dict[str, deque[tuple[str, RunState | None]]] = {}
+        """Throttled runs whose time has come, per key, in order, waiting for the throttle's pace."""
         self._active: set[str] = set()
         self._states: dict[str, RunState | None] = {}
         """Runs waiting for a slot, with their state if known."""
@@ -102,6 +110,10 @@ class FunctionSupervisor(Actor):
 
     def _admit(self, request: StartRun) -> None:
         run_id, state = request.run_id, request.state
+        if run_id.startswith(PACE):  # a throttle key's timer: its next due run may start now
+            self._activity.end()
+            self._pace(run_id.removeprefix(PACE))
+            return
         if run_id in self._active:
             self._rewake.add(run_id)
             self._activity.end()
@@ -111,10 +123,16 @@ class FunctionSupervisor(Actor):
             return
         if self._pacing is not None and state is not None and not state.started and "throttle" in state.flow:
             self._unpaced[run_id] = state.flow["throttle"]
-        ready_at = self._not_ready_until(state) or self._paced_start(run_id)
+        ready_at = self._not_ready_until(state)
         if ready_at is not None:  # throttled, or an event from the future: it takes no slot until then
             self._arm(Arm(ready_at, run_id, self._function_id))
             self._activity.end()
+            return
+        key = self._unpaced.pop(run_id, None)
+        if key is not None:  # a throttled run whose time came: it starts in its key's order and pace
+            self._due_by_key.setdefault(key, deque()).append((run_id, state))
+            self._activity.end()
+            self._pace(key)
             return
         self._offer(run_id, state)
 
@@ -124,21 +142,30 @@ class FunctionSupervisor(Actor):
         ready_at = parse_time(state.ready_at)
         return ready_at if ready_at > self._engine.clock.now() else None
 
-    def _paced_start(self, run_id: str) -> datetime | None:
-        """Throttle, applied again to actual starts: a throttled run whose time came while this
-        supervisor was busy (a flood of sends ahead of it in the mailbox) starts at the throttled
-        rate after the ones before it, instead of in a burst with every other late one. Its
-        start is reserved now, so the timer's start message lets it through."""
-        key = self._unpaced.pop(run_id, None)
-        if key is None or self._pacing is None:
-            return None
+    def _pace(self, key: str) -> None:
+        """Start the throttled runs of ``key`` that are due, as fast as the throttle allows *now*.
+
+        The flow gate gave each run its start time, but a run's start message can come late (a
+        flood of sends ahead of it in this mailbox); the late ones would then start together.
+        So the same GCRA is applied again to the starts as they happen: the runs of a key go in
+        order, and when the next may not start yet, one timer per key comes back for it.
+        """
+        assert self._pacing is not None
+        queue = self._due_by_key.get(key)
         now = self._engine.clock.now().timestamp()
-        tat = self._pacers.get(key)
-        start = self._pacing.earliest(tat, now)
-        self._pacers[key] = self._pacing.after(tat, start)
+        while queue:
+            tat = self._pacers.get(key)
+            if not self._pacing.allows(tat, now):
+                due = datetime.fromtimestamp(self._pacing.earliest(tat, now), tz=UTC)
+                self._timer.tell(Arm(due, PACE + key, self._function_id))
+                return
+            self._pacers[key] = self._pacing.after(tat, now)
+            run_id, state = queue.popleft()
+            self._activity.begin()
+            self._offer(run_id, state)
+        self._due_by_key.pop(key, None)
         if len(self._pacers) > PACERS_KEPT:
-            self._pacers = {key: tat for key, tat in self._pacers.items() if tat > now}
-        return datetime.fromtimestamp(start, tz=timezone.utc) if start > now else None
+            self._pacers = {k: tat for k, tat in self._pacers.items() if tat > now}
 
     def _offer(self, run_id: str, state: RunState | None) -> None:
         constraints, priority = self._constraints(run_id, state)
