@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pykka
@@ -76,6 +76,8 @@ class FunctionSupervisor(Actor):
         """Throttle key -> GCRA time of the starts this supervisor let happen (``_pace``)."""
         self._unpaced: dict[str, str] = {}
         """Throttled runs not started yet -> their throttle key."""
+        self._waiting_for: dict[str, datetime] = {}
+        """Runs armed for their start time (throttle, a future ts): that time."""
         self._due_by_key: dict[str, deque[tuple[str, RunState | None]]] = {}
         """Throttled runs whose time has come, per key, in order, waiting for the throttle's pace."""
         self._active: set[str] = set()
@@ -125,8 +127,13 @@ class FunctionSupervisor(Actor):
             self._unpaced[run_id] = state.flow["throttle"]
         ready_at = self._not_ready_until(state)
         if ready_at is not None:  # throttled, or an event from the future: it takes no slot until then
-            self._arm(Arm(ready_at, run_id, self._function_id))
+            self._waiting_for[run_id] = ready_at
+            self._arm(Arm(min(ready_at, self._start_deadline(state)), run_id, self._function_id))
             self._activity.end()
+            return
+        waited = self._waiting_for.pop(run_id, None)
+        if waited is not None and waited > self._engine.clock.now():
+            self._offer(run_id, state)  # woken at its start timeout, before its time: it cancels itself
             return
         key = self._unpaced.pop(run_id, None)
         if key is not None:  # a throttled run whose time came: it starts in its key's order and pace
@@ -135,6 +142,14 @@ class FunctionSupervisor(Actor):
             self._pace(key)
             return
         self._offer(run_id, state)
+
+    def _start_deadline(self, state: RunState | None) -> datetime:
+        """Just past the run's ``timeouts.start``, when it has one (a run queued that long is cancelled)."""
+        function = self._engine.registry.get(self._function_id)
+        timeouts = function.timeouts if function is not None else None
+        if state is None or state.scheduled_at is None or timeouts is None or timeouts.start is None:
+            return datetime.max.replace(tzinfo=UTC)
+        return parse_time(state.scheduled_at) + timeouts.start + timedelta(microseconds=1)
 
     def _not_ready_until(self, state: RunState | None) -> Any:
         if state is None or state.started or state.ready_at is None:
@@ -219,6 +234,7 @@ class FunctionSupervisor(Actor):
         else:
             self._flows.pop(run_id, None)
             self._unpaced.pop(run_id, None)
+            self._waiting_for.pop(run_id, None)
             if run_id in self._armed:  # it ended: a timer left for it (a wait's timeout) must not wake it
                 self._armed.discard(run_id)
                 self._timer.tell(Disarm(run_id))

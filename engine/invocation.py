@@ -235,6 +235,13 @@ class Invocation:
             return f"timeouts.finish: the run did not finish within {timeouts.finish} of its start"
         return None
 
+    def _start_deadline(self) -> datetime | None:
+        """Just past ``timeouts.start``: a run still queued then is cancelled (see ``_timed_out``)."""
+        timeouts = self.function.timeouts
+        if timeouts is None or timeouts.start is None or self.state.scheduled_at is None:
+            return None
+        return parse_time(self.state.scheduled_at) + timeouts.start + timedelta(microseconds=1)
+
     def _started_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"at": format_time(self._began)}
         if "throttle" in self.state.flow:  # the projection keeps the key's latest start, for restarts
@@ -536,8 +543,8 @@ class Invocation:
             return self._conclude(cancel)
         if not self.state.started and self.state.ready_at is not None:
             ready_at = parse_time(self.state.ready_at)
-            if ready_at > self.clock.now():  # an event's ts in the future: not before then
-                return Outcome("waiting", wake_at=ready_at)
+            if ready_at > self.clock.now():  # throttled, or an event's ts in the future: not before then
+                return Outcome("waiting", wake_at=min(ready_at, self._start_deadline() or ready_at))
         try:
             output = self._call(context)
         except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here

@@ -177,3 +177,31 @@ def test_an_event_from_the_future_does_not_hold_back_its_throttle_key() -> None:
     e.send({"name": GO, "data": {"i": "now2"}})
     run_until(e, clock, 120)
     assert starts == [(0.0, "now1"), (6.0, "now2")]
+
+
+def test_a_throttled_run_past_its_start_timeout_is_cancelled_at_the_deadline() -> None:
+    from steplog.engine import Timeouts
+
+    clock, store = ManualClock(START), MemoryEventStore(RunProjector())
+    f = define_function(lambda ctx: 1, fn_id="f", trigger=TriggerEvent(GO), timeouts=Timeouts(start="1m"),
+                        flow=FlowOptions(throttle=Throttle(limit=1, period="1h", burst=0)))
+    e = engine_for(store, clock, f)
+    e.send([{"name": GO, "data": {"i": i}} for i in range(3)])
+    run_until(e, clock, 5 * 60)
+    assert sorted(statuses(store, "f")) == ["cancelled", "cancelled", "completed"]
+
+
+def test_the_client_cancels_a_throttled_run_at_its_start_timeout() -> None:
+    clock = ManualClock(START)
+    client = steplog.Steplog(db=":memory:", clock=clock)
+
+    @client.create_function(fn_id="f", trigger=steplog.TriggerEvent(event=GO), timeouts=steplog.Timeouts(start="1m"),
+                            throttle=steplog.Throttle(limit=1, period="1h", burst=0))
+    def f(ctx: Context) -> int:
+        return 1
+
+    with client:
+        client.send([{"name": GO} for _ in range(3)])
+        client.run_until_idle()
+        client.advance(61)
+        assert sorted(run["status"] for run in client.list_runs(function_id="f")) == ["cancelled", "cancelled", "completed"]
