@@ -87,8 +87,9 @@ class FunctionSupervisor(Actor):
         """The flow data (concurrency keys, priority) of this function's live runs, when it has rules."""
         self._restarts: dict[str, int] = {}
         self._rewake: set[str] = set()
-        self._armed: set[str] = set()
         """Runs woken (a wait ended, a cancel) while they were executing: run them again when they suspend."""
+        self._armed: set[str] = set()
+        """Runs with a timer armed: their end disarms it."""
 
     def on_receive(self, message: Any) -> Any:
         try:
