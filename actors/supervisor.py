@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pykka
@@ -145,12 +145,11 @@ class FunctionSupervisor(Actor):
         self._offer(run_id, state)
 
     def _start_deadline(self, state: RunState | None) -> datetime:
-        """Just past the run's ``timeouts.start``, when it has one (a run queued that long is cancelled)."""
+        """When the run's ``timeouts.start`` cancels it, if it has one."""
         function = self._engine.registry.get(self._function_id)
         timeouts = function.timeouts if function is not None else None
-        if state is None or state.scheduled_at is None or timeouts is None or timeouts.start is None:
-            return datetime.max.replace(tzinfo=UTC)
-        return parse_time(state.scheduled_at) + timeouts.start + timedelta(microseconds=1)
+        deadline = timeouts.start_deadline(state.scheduled_at) if timeouts and state else None
+        return deadline or datetime.max.replace(tzinfo=UTC)
 
     def _not_ready_until(self, state: RunState | None) -> Any:
         if state is None or state.started or state.ready_at is None:

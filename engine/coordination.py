@@ -27,11 +27,11 @@ import attrs
 from steplog.engine import records as r
 from steplog.engine.errors import EngineError, RunNotFoundError
 from steplog.engine.events import Event, ReceivedEvent, prepare_events
-from steplog.engine.flow.gate import FlowGate, Journal, Start
+from steplog.engine.flow.gate import FlowGate, Journal
 from steplog.engine.functions import FunctionRegistry
 from steplog.engine.limits import Limits, for_engine_events
 from steplog.engine.pauses import CANCEL_KIND, Pause, PauseIndex
-from steplog.engine.routing import DEDUP_WINDOW, FiredEvent, Routed, ScheduledRun, dedup_key, realize, route, run_writes
+from steplog.engine.routing import DEDUP_WINDOW, FiredEvent, Routed, ScheduledRun, dedup_key, route, route_fired
 from steplog.engine.state import FINAL_STATUSES
 from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite
 
@@ -302,6 +302,12 @@ class Coordinator:
                     one = attrs.evolve(one, append=attrs.evolve(one.append, writes=one.append.writes + signals))
                 self._listen(one.runs, effects)
             routed.append(one)
+        return self._planned_with_finished(routed, effects, batch, now)
+
+    def _planned_with_finished(
+        self, routed: list[Routed], effects: _Effects, batch: _Batch, now: datetime
+    ) -> _Planned:
+        """The routed appends, with the events failing invokes whose runs flow control skipped."""
         planned = self._send_planned(routed, effects, batch)
         finished = [event for one in routed for event in one.finished]
         if not finished:
@@ -354,20 +360,13 @@ class Coordinator:
         for action in self.flow.fire_due(now, self._flow_of, effects.journal):
             function = self.registry.get(action.function_id)
             assert function is not None
-            run = realize(action, function, now)
-            append = Append(tuple(run_writes(run, action)))
-            fired = FiredEvent(action.received[0][0])
-            if isinstance(action, Start):
-                replaced = () if action.replaces is None else ((action.replaces, function.id, action.run_id),)
-                one = Routed(fired, append, (run,), replaced=replaced)
-            else:
-                one = Routed(fired, append, (), (run,))
+            one = route_fired(action, function, now)
             signals = self._replace(one, batch, effects)
             if signals:
-                one = attrs.evolve(one, append=attrs.evolve(append, writes=append.writes + signals))
+                one = attrs.evolve(one, append=attrs.evolve(one.append, writes=one.append.writes + signals))
             self._listen(one.runs, effects)
             routed.append(one)
-        return self._send_planned(routed, effects, batch)
+        return self._planned_with_finished(routed, effects, batch, now)
 
     def _flow_of(self, function_id: str) -> Any:
         function = self.registry.get(function_id)

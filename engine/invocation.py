@@ -225,22 +225,13 @@ class Invocation:
         if timeouts is None:
             return None
         now = self.clock.now()
-        scheduled = self.state.scheduled_at
-        if timeouts.start is not None and not self.state.started and scheduled is not None and (
-            now > parse_time(scheduled) + timeouts.start
-        ):
+        start_deadline = None if self.state.started else timeouts.start_deadline(self.state.scheduled_at)
+        if start_deadline is not None and now >= start_deadline:
             return f"timeouts.start: the run did not start within {timeouts.start}"
         deadline = self._finish_deadline()
         if deadline is not None and now >= deadline:
             return f"timeouts.finish: the run did not finish within {timeouts.finish} of its start"
         return None
-
-    def _start_deadline(self) -> datetime | None:
-        """Just past ``timeouts.start``: a run still queued then is cancelled (see ``_timed_out``)."""
-        timeouts = self.function.timeouts
-        if timeouts is None or timeouts.start is None or self.state.scheduled_at is None:
-            return None
-        return parse_time(self.state.scheduled_at) + timeouts.start + timedelta(microseconds=1)
 
     def _started_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"at": format_time(self._began)}
@@ -544,7 +535,9 @@ class Invocation:
         if not self.state.started and self.state.ready_at is not None:
             ready_at = parse_time(self.state.ready_at)
             if ready_at > self.clock.now():  # throttled, or an event's ts in the future: not before then
-                return Outcome("waiting", wake_at=min(ready_at, self._start_deadline() or ready_at))
+                timeouts = self.function.timeouts
+                deadline = timeouts.start_deadline(self.state.scheduled_at) if timeouts else None
+                return Outcome("waiting", wake_at=min(ready_at, deadline or ready_at))
         try:
             output = self._call(context)
         except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here

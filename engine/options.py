@@ -9,13 +9,14 @@ Both are checked when the function is defined; errors name the function and the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import attrs
 from steplog.engine.durations import Duration, parse_duration
 from steplog.engine.errors import DefinitionError
 from steplog.engine.expressions import ExpressionError, compile_expression
 from steplog.engine.pauses import PAUSE_NAMES, match_expression
+from steplog.eventstore import parse_time
 
 MAX_CANCEL_RULES = 5
 MAX_PAUSE_TIMEOUT = timedelta(days=366)
@@ -61,6 +62,12 @@ class CancelRule:
 class RunTimeouts:
     start: timedelta | None
     finish: timedelta | None
+
+    def start_deadline(self, scheduled_at: str | None) -> datetime | None:
+        """Just past ``start`` after scheduling: a run not started by then is cancelled."""
+        if self.start is None or scheduled_at is None:
+            return None
+        return parse_time(scheduled_at) + self.start + timedelta(microseconds=1)
 
 
 def pause_expression(if_exp: str | None, match: str | None, where: str) -> str | None:

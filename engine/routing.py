@@ -107,6 +107,16 @@ def route(
                   tuple(routed.finished))
 
 
+def route_fired(action: Start | Skip, function: FunctionDef, now: datetime) -> Routed:
+    """The append for a debounce or batch that fired: its run (started or skipped), as for an event."""
+    routing = _Routing()
+    routing.add(function, (action, []), now)
+    return Routed(
+        FiredEvent(action.received[0][0]), Append(tuple(routing.writes)), tuple(routing.runs),
+        tuple(routing.skipped), replaced=tuple(routing.replaced), finished=tuple(routing.finished),
+    )
+
+
 def _decide(
     function: FunctionDef, received: ReceivedEvent, event: dict[str, Any], now: datetime, gate: FlowGate,
     journal: Journal,

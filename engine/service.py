@@ -225,24 +225,22 @@ class Engine:
     def _respace_throttled(self, queued: list[dict[str, Any]]) -> dict[str, datetime]:
         """New start times, after now, for throttled runs still queued; the others start now."""
         now = self.clock.now()
-        by_key: dict[tuple[str, str], list[tuple[str, datetime]]] = {}
+        later: dict[str, datetime] = {}
         for function in self.registry.all():
-            if function.flow.throttle is None:
+            throttle = function.flow.throttle
+            if throttle is None:
                 continue
             keys = {
                 row["run_id"]: json.loads(row["flow"] or "{}").get("throttle", "")
                 for row in self.store.query("runs", where={"function_id": function.id, "status": "queued"})
             }
+            by_key: dict[str, list[tuple[str, datetime]]] = {}
             for row in queued:
                 if row["run_id"] in keys:
-                    slot = (function.id, keys[row["run_id"]])
-                    by_key.setdefault(slot, []).append((row["run_id"], parse_time(row["ready_at"])))
-        later: dict[str, datetime] = {}
-        for (function_id, key), runs in by_key.items():
-            throttle = self.registry.get(function_id).flow.throttle  # type: ignore[union-attr]
-            assert throttle is not None
-            starts = self.coordinator.flow.respace(function_id, throttle, key, runs, now)
-            later.update((run_id, start) for run_id, start in starts.items() if start > now)
+                    by_key.setdefault(keys[row["run_id"]], []).append((row["run_id"], parse_time(row["ready_at"])))
+            for key, runs in by_key.items():
+                starts = self.coordinator.flow.respace(function.id, throttle, key, runs, now)
+                later.update((run_id, start) for run_id, start in starts.items() if start > now)
         return later
 
     # -- the synchronous driver -------------------------------------------------------------
