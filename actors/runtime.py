@@ -316,15 +316,19 @@ class Steplog:
 
     # -- sending and waiting -------------------------------------------------------------------
 
-    def send(self, events: EventInput) -> SentIds:
+    def send(self, events: EventInput, *, id_seed: str | None = None) -> SentIds:
         """Send one event or a list; returns their ids once they are committed.
 
         The ids come back as a list that may also be awaited, so Inngest code that writes
         ``await client.send(...)`` works unchanged (the commit has happened by then either way).
         Raises EventError (nothing of the send is accepted) if any event is malformed or too large.
+
+        ``id_seed`` is Inngest's ``x-inngest-event-id-seed`` (``"<millis>,<base64 of 10 bytes>"``):
+        the ids derive from it, and sending again with the same seed returns the same ids and
+        records and starts nothing, so a client may retry a send whose answer it lost.
         """
         self._check_running()
-        accepted = self._ask(SendEvents(events))
+        accepted = self._ask(SendEvents(events, id_seed=id_seed))
         assert isinstance(accepted, Accepted)
         self._remember_runs(accepted)
         return SentIds(accepted.ids)

@@ -52,6 +52,9 @@ class SendEvents:
 
     events: Any
     internal: bool = False
+    id_seed: str | None = None
+    """Inngest's ``x-inngest-event-id-seed``: the events get the seed's ids, and a send whose ids
+    are already in the log (a retried request) is answered with them and records nothing."""
 
 
 @attrs.frozen
@@ -149,6 +152,8 @@ class _Batch:
     keys: set[str] = attrs.Factory(set)
     resolved: dict[tuple[str, str], Any] = attrs.Factory(dict)
     cancels: set[str] = attrs.Factory(set)
+    seeded: set[str] = attrs.Factory(set)
+    """Internal ids given by seeds so far."""
 
 
 @attrs.define
@@ -275,7 +280,7 @@ class Coordinator:
     def _plan(self, request: Request, batch: _Batch, now: datetime) -> _Planned | Exception:
         try:
             if isinstance(request, SendEvents):
-                return self._plan_send(request.events, request.internal, batch, now)
+                return self._plan_send(request.events, request.internal, batch, now, request.id_seed)
             if isinstance(request, RegisterWait):
                 return self._plan_wait(request, batch, now)
             if isinstance(request, ExpireWait):
@@ -288,12 +293,19 @@ class Coordinator:
         except EngineError as error:
             return error
 
-    def _plan_send(self, events: Any, internal: bool, batch: _Batch, now: datetime) -> _Planned:
-        received = prepare_events(events, now=now, limits=self._limits(internal), allow_reserved=internal)
+    def _plan_send(
+        self, events: Any, internal: bool, batch: _Batch, now: datetime, id_seed: str | None = None
+    ) -> _Planned:
+        received = prepare_events(
+            events, now=now, limits=self._limits(internal), allow_reserved=internal, id_seed=id_seed
+        )
         routed: list[Routed] = []
         effects = _Effects()
         functions = self.registry.all()
         for item in received:
+            if id_seed is not None and self._replayed(item, batch):
+                routed.append(Routed(item, Append(()), ()))
+                continue
             duplicate = self._seen(item, batch, now)
             one = route(item, functions, now, duplicate=duplicate, gate=self.flow, journal=effects.journal)
             if not duplicate:
@@ -374,6 +386,13 @@ class Coordinator:
 
     def _limits(self, internal: bool) -> Limits:
         return for_engine_events(self.limits) if internal else self.limits
+
+    def _replayed(self, received: ReceivedEvent, batch: _Batch) -> bool:
+        """Whether a seeded event's id is already taken: by this batch, or in the log."""
+        if received.internal_id in batch.seeded:
+            return True
+        batch.seeded.add(received.internal_id)
+        return self.store.stream_version(r.event_stream(received.internal_id)) > 0
 
     def _seen(self, received: ReceivedEvent, batch: _Batch, now: datetime) -> bool:
         key = dedup_key(received)
@@ -528,7 +547,7 @@ def _accepted(
             skipped.extend(item.skipped)
             continue
         ids.append(item.received.internal_id)
-        if result.duplicate_of is not None or item.append.writes[0].entries[0].type == r.EVENT_DUPLICATE:
+        if not item.append.writes or result.duplicate_of is not None or item.append.writes[0].entries[0].type == r.EVENT_DUPLICATE:
             duplicates.append(item.received.internal_id)
         else:
             runs.extend(item.runs)

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 from steplog.engine.errors import EventError
-from steplog.engine.ids import new_ulid
+from steplog.engine.ids import new_ulid, seeded_ulids
 from steplog.engine.jsonvalues import NotJSONError, encode, size_of
 from steplog.engine.limits import Limits
 
@@ -72,23 +72,36 @@ def prepare_events(
     now: datetime,
     limits: Limits,
     allow_reserved: bool = False,
+    id_seed: str | None = None,
 ) -> list[ReceivedEvent]:
-    """Check every event of a send and give each an internal id; raise EventError for the first bad one."""
+    """Check every event of a send and give each an internal id; raise EventError for the first bad one.
+
+    ``id_seed`` (Inngest's ``x-inngest-event-id-seed``) makes the internal ids the seed's, not new ones.
+    """
     items = [events] if isinstance(events, (Event, Mapping)) else list(events)
     if len(items) > limits.events_per_send:
         raise EventError(f"a send holds {len(items)} events; the limit is {limits.events_per_send}")
-    return [_prepare(item, index, len(items), now, limits, allow_reserved) for index, item in enumerate(items)]
+    ids = _seeded(id_seed, len(items)) if id_seed is not None else [new_ulid(now) for _ in items]
+    return [
+        _prepare(item, index, len(items), ids[index], now, limits, allow_reserved) for index, item in enumerate(items)
+    ]
+
+
+def _seeded(id_seed: str, count: int) -> list[str]:
+    try:
+        return seeded_ulids(id_seed, count)
+    except ValueError as error:
+        raise EventError(str(error)) from None
 
 
 def _prepare(
-    item: object, index: int, count: int, now: datetime, limits: Limits, allow_reserved: bool
+    item: object, index: int, count: int, internal_id: str, now: datetime, limits: Limits, allow_reserved: bool
 ) -> ReceivedEvent:
     where = f"event {index}" if count > 1 else "event"
     event = _coerce(item, where)
     where = f"{where} ({event.name!r})" if isinstance(event.name, str) else where
     _check_name(event.name, where, allow_reserved)
     _check_fields(event, where)
-    internal_id = new_ulid(now)
     millis = int(now.timestamp() * 1000)
     filled = attrs.evolve(event, id=event.id or internal_id, ts=event.ts or millis)
     try:

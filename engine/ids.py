@@ -14,12 +14,7 @@ _FROM_RFC4648 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
 
 def new_ulid(moment: datetime, randomness: bytes | None = None) -> str:
     """A ULID: 48 bits of milliseconds then 80 random bits, 26 characters, sortable by time."""
-    millis = int(moment.timestamp() * 1000)
-    value = (millis << 80) | int.from_bytes(randomness or os.urandom(10), "big")
-    # 2 zero bits then the 128 bits make the 26 five-bit digits; base64's C base32 encoder does the
-    # digit work (a Python loop of 26 divmods cost more than the rest of routing an event).
-    padded = (value << 30).to_bytes(20, "big")
-    return base64.b32encode(padded)[:26].decode("ascii").translate(_FROM_RFC4648)
+    return _ulid_of(int(moment.timestamp() * 1000), int.from_bytes(randomness or os.urandom(10), "big"))
 
 
 class StepKeys:
@@ -32,3 +27,26 @@ class StepKeys:
         count = self._seen.get(step_id, 0)
         self._seen[step_id] = count + 1
         return step_id if count == 0 else f"{step_id}:{count}"
+
+
+def seeded_ulids(seed: str, count: int) -> list[str]:
+    """The ids of a send that carries Inngest's ``x-inngest-event-id-seed``: ``"<millis>,<base64 of
+    10 bytes>"``. Event ``i`` gets the seed's time and its 80 bits plus ``i``, so a retried request
+    gets the ids it got the first time. Raises ValueError naming what is wrong with the seed."""
+    millis_text, _, entropy_text = seed.partition(",")
+    try:
+        millis = int(millis_text)
+        entropy = base64.b64decode(entropy_text, validate=True)
+    except ValueError:
+        raise ValueError(f"event id seed {seed[:60]!r} is not '<milliseconds>,<base64 of 10 bytes>'") from None
+    if len(entropy) != 10 or not 0 <= millis < 1 << 48:
+        raise ValueError(f"event id seed {seed[:60]!r} is not '<milliseconds>,<base64 of 10 bytes>'")
+    first = int.from_bytes(entropy, "big")
+    return [_ulid_of(millis, (first + index) % (1 << 80)) for index in range(count)]
+
+
+def _ulid_of(millis: int, randomness: int) -> str:
+    # 2 zero bits then the 128 bits make the 26 five-bit digits; base64's C base32 encoder does the
+    # digit work (a Python loop of 26 divmods cost more than the rest of routing an event).
+    padded = (((millis << 80) | randomness) << 30).to_bytes(20, "big")
+    return base64.b32encode(padded)[:26].decode("ascii").translate(_FROM_RFC4648)
