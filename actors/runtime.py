@@ -44,11 +44,12 @@ from steplog.engine import (
     RunProjector,
     SystemClock,
     Timeouts,
+    TriggerCron,
     TriggerEvent,
     define_function,
     queries,
 )
-from steplog.engine.coordination import Accepted, Answer, CancelRun, Done, Request, SendEvents
+from steplog.engine.coordination import Accepted, Answer, CancelRun, Done, Request, RerunRun, SendEvents
 from steplog.engine.flow import (
     Batch,
     Concurrency,
@@ -60,6 +61,7 @@ from steplog.engine.flow import (
     Throttle,
 )
 from steplog.engine.service import EventInput
+from steplog.engine.webhooks import Transform, WebhookDef, WebhookRegistry, define_webhook
 from steplog.eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
 
 log = logging.getLogger("steplog")
@@ -114,6 +116,7 @@ class Steplog:
         self._max_active = max_active_runs
         self._max_workers = max_workers
         self.registry = FunctionRegistry()
+        self.webhooks = WebhookRegistry()
         self._store: EventStore | None = None
         self._started = False
         self._failure: StorageError | None = None
@@ -129,7 +132,7 @@ class Steplog:
         self,
         *,
         fn_id: str,
-        trigger: TriggerEvent | Sequence[TriggerEvent],
+        trigger: TriggerEvent | TriggerCron | Sequence[TriggerEvent | TriggerCron],
         name: str | None = None,
         retries: int | RetryPolicy = 4,
         cancel: Sequence[Cancel] | None = None,
@@ -171,6 +174,30 @@ class Steplog:
                 )
             self.registry.add(function)
             return function
+
+        return decorate
+
+    def webhook(
+        self, name: str, *, secret: str | bytes | None = None, previous_secret: str | bytes | None = None
+    ) -> Callable[[Transform], WebhookDef]:
+        """Decorator that defines a webhook: ``POST /webhooks/{name}`` on steplog's server (``steplog
+        serve``) sends the events that ``transform(body, headers, query)`` returns (an event, a list,
+        or None). ``body`` is parsed JSON, else text; header names are lower-case.
+
+        With ``secret`` (``whsec_<base64>`` as Standard Webhooks and Svix give it, or any other
+        string, whose UTF-8 bytes are the key) every request must be signed: unsigned, stale (over 5
+        minutes), replayed or tampered requests get 401. ``previous_secret`` is also accepted while
+        a sender rotates keys. Without a secret, any request is accepted.
+        """
+
+        def decorate(transform: Transform) -> WebhookDef:
+            webhook = define_webhook(transform, name=name, secret=secret, previous_secret=previous_secret)
+            if self._started:
+                raise DefinitionError(
+                    f"webhook {name!r} is defined after start(): define every webhook before starting the engine"
+                )
+            self.webhooks.add(webhook)
+            return webhook
 
         return decorate
 
@@ -357,6 +384,17 @@ class Steplog:
         answer = self._ask(CancelRun(run_id, reason))
         assert isinstance(answer, Done)
         return bool(answer.value)
+
+    def rerun(self, run_id: str) -> str:
+        """Start a new run of a run's function with the same events; returns the new run's id.
+
+        The events' flow control is not decided again (they were admitted once); concurrency and
+        priority apply to the new run. Raises RunNotFoundError for an unknown run.
+        """
+        self._check_running()
+        done = self._ask(RerunRun(run_id))
+        assert isinstance(done, Done)
+        return str(done.value)
 
     def cancel_runs(
         self, *, function_id: str, status: str | None = None, since: Any = None, until: Any = None,

@@ -29,7 +29,7 @@ from steplog.engine.options import Cancel, Timeouts
 from steplog.engine.projector import RunProjector
 from steplog.engine.retry import RetryPolicy
 from steplog.engine.service import Engine
-from steplog.engine.triggers import TriggerEvent
+from steplog.engine.triggers import CronTrigger, TriggerCron, TriggerEvent
 
 __all__ = [
     "AsyncStep",
@@ -38,6 +38,7 @@ __all__ = [
     "Clock",
     "Concurrency",
     "Context",
+    "CronTrigger",
     "Debounce",
     "DefinitionError",
     "Duration",
@@ -69,6 +70,7 @@ __all__ = [
     "SystemClock",
     "Throttle",
     "Timeouts",
+    "TriggerCron",
     "TriggerEvent",
     "compile_expression",
     "define_function",

@@ -25,15 +25,17 @@ from typing import Any
 
 import attrs
 from steplog.engine import records as r
+from steplog.engine.crontab import CRON_TICKED, CronTable, Tick, cron_stream
 from steplog.engine.errors import EngineError, RunNotFoundError
 from steplog.engine.events import Event, ReceivedEvent, prepare_events
-from steplog.engine.flow.gate import FlowGate, Journal
+from steplog.engine.flow.gate import FlowGate, Journal, Start
+from steplog.engine.ids import new_ulid
 from steplog.engine.functions import FunctionRegistry
 from steplog.engine.limits import Limits, for_engine_events
 from steplog.engine.pauses import CANCEL_KIND, Pause, PauseIndex
 from steplog.engine.routing import DEDUP_WINDOW, FiredEvent, Routed, ScheduledRun, dedup_key, route, route_fired
 from steplog.engine.state import FINAL_STATUSES
-from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite
+from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite, parse_time
 
 EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]
 Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
@@ -99,7 +101,14 @@ class FireDue:
     """Start the debounces and batches whose time has come."""
 
 
-Request = SendEvents | RegisterWait | ExpireWait | CancelRun | EndRun | FireDue
+@attrs.frozen
+class RerunRun:
+    """Start a new run of a run's function with the same events (as the dev UI's Rerun)."""
+
+    run_id: str
+
+
+Request = SendEvents | RegisterWait | ExpireWait | CancelRun | EndRun | FireDue | RerunRun
 
 
 # -- answers ----------------------------------------------------------------------------------
@@ -181,6 +190,7 @@ class Coordinator:
         self.committer = committer
         self.pauses = PauseIndex()
         self.flow = FlowGate()
+        self.cron = CronTable()
         self._fired: list[Accepted] = []
         self.cancelling: dict[str, str] = {}
         """run_id -> reason for runs asked to cancel: a live invocation reads it between steps."""
@@ -213,10 +223,12 @@ class Coordinator:
         for function in self.registry.all():
             if function.flow.throttle is not None:
                 self.flow.after_restart(function.id, function.flow.throttle, now)
+        latest = {row["function_id"]: parse_time(row["scheduled_at"]) for row in self.store.query("crons")}
+        self.cron.load(self.registry.all(), latest, now)
 
     def next_due(self) -> datetime | None:
-        """When the flow gate next has a debounce or batch to start."""
-        return self.flow.next_due()
+        """When the flow gate next has a debounce or batch to start, or a cron tick is due."""
+        return min((due for due in (self.flow.next_due(), self.cron.next_due()) if due is not None), default=None)
 
     def listens_for(self, name: str) -> bool:
         """Whether events with this name can reach anything: a function's trigger or a pause.
@@ -244,7 +256,7 @@ class Coordinator:
         after its key's debounce was due starts a debounce of its own rather than joining the
         overdue one. Their runs are handed over by ``take_fired``.
         """
-        due = self.flow.next_due()
+        due = self.next_due()
         implicit = due is not None and due <= now and not any(isinstance(r, FireDue) for r in requests)
         answers = self._handle([FireDue(), *requests] if implicit else list(requests), now)
         if implicit:
@@ -289,6 +301,8 @@ class Coordinator:
                 return self._plan_cancel(request)
             if isinstance(request, FireDue):
                 return self._plan_due(batch, now)
+            if isinstance(request, RerunRun):
+                return self._plan_rerun(request, now)
             return self._plan_end(request, batch, now)
         except EngineError as error:
             return error
@@ -366,6 +380,27 @@ class Coordinator:
         return tuple(writes)
 
     def _plan_due(self, batch: _Batch, now: datetime) -> _Planned:
+        """Start the debounces, batches and cron ticks that are due."""
+        flow = self._plan_flow_due(batch, now)
+        ticks = self.cron.due(now)
+        return _joined(flow, self._plan_ticks(ticks, batch, now)) if ticks else flow
+
+    def _plan_ticks(self, ticks: list[Tick], batch: _Batch, now: datetime) -> _Planned:
+        """Each tick's event, and its ``cron.ticked`` record, committed together."""
+        sent = self._plan_send([tick.event() for tick in ticks], True, batch, now)
+        records = Append(tuple(
+            StreamWrite(cron_stream(tick.function_id), (NewEntry(CRON_TICKED, tick.record()),)) for tick in ticks
+        ))
+
+        def finish(results: list[Committed | ConcurrencyError]) -> Answer:
+            answer = sent.finish(results[:-1])
+            if not isinstance(answer, Exception):
+                self.cron.fired(ticks)
+            return answer
+
+        return _Planned([*sent.appends, records], finish, sent.undo)
+
+    def _plan_flow_due(self, batch: _Batch, now: datetime) -> _Planned:
         """Start the debounces and batches that are due, each run in its own append."""
         effects = _Effects()
         routed: list[Routed] = []
@@ -464,6 +499,34 @@ class Coordinator:
         def finish(_results: list[Committed | ConcurrencyError]) -> Answer:
             self.cancelling.setdefault(request.run_id, request.reason)
             return Done(True, Accepted([], [], [], [(request.run_id, rows[0]["function_id"])]))
+
+        return _Planned([Append((write,))], finish)
+
+    def _plan_rerun(self, request: RerunRun, now: datetime) -> _Planned:
+        """A new run with the run's events and admission keys, ready now. The event-time flow
+        control (rate limit, debounce, batching, idempotency, singleton, throttle) decided about
+        those events already; concurrency and priority still apply when the new run executes."""
+        entries = self.store.read_stream(r.run_stream(request.run_id))
+        if not entries or entries[0].type not in (r.RUN_SCHEDULED, r.RUN_SKIPPED):
+            raise RunNotFoundError(f"no run {request.run_id!r}")
+        original = entries[0].data
+        function = self.registry.get(original["function_id"])
+        if function is None:
+            raise RunNotFoundError(
+                f"run {request.run_id!r} belongs to function {original['function_id']!r}, which is not defined now"
+            )
+        flow = {key: value for key, value in original.get("flow", {}).items() if key != "singleton"}
+        received = tuple(zip(original["event_ids"], original["events"]))
+        action = Start(new_ulid(now), function.id, received, now, flow, [])
+        routed = route_fired(action, function, now)
+        run = attrs.evolve(routed.runs[0], entry=NewEntry(
+            r.RUN_SCHEDULED, {**routed.runs[0].entry.data, "rerun_of": request.run_id}
+        ))
+        write = StreamWrite(r.run_stream(run.run_id), (run.entry,), expected_version=0)
+
+        def finish(_results: list[Committed | ConcurrencyError]) -> Answer:
+            self.pauses.add_all(run.pauses)
+            return Done(run.run_id, Accepted([], [run], []))
 
         return _Planned([Append((write,))], finish)
 

@@ -12,7 +12,15 @@ from steplog.engine.errors import DefinitionError
 from steplog.engine.flow.options import NO_FLOW_CONTROL, FlowControl, FlowOptions, compile_flow
 from steplog.engine.options import CancelRule, RunTimeouts, compile_cancel_rules, compile_timeouts
 from steplog.engine.retry import RetryPolicy
-from steplog.engine.triggers import MAX_TRIGGERS, CompiledTrigger, TriggerEvent, compile_trigger
+from steplog.engine.triggers import (
+    MAX_TRIGGERS,
+    CompiledCron,
+    CompiledTrigger,
+    TriggerCron,
+    TriggerEvent,
+    compile_cron,
+    compile_trigger,
+)
 
 Handler = Callable[..., Any]
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -32,13 +40,14 @@ class FunctionDef:
     timeouts: RunTimeouts | None = None
     on_failure: Handler | None = None
     flow: FlowControl = NO_FLOW_CONTROL
+    crons: tuple[CompiledCron, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """The definition as JSON, for queries and the CLI."""
         described: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
-            "triggers": [attrs.asdict(t.trigger) for t in self.triggers],
+            "triggers": [attrs.asdict(t.trigger) for t in self.triggers] + [cron.describe() for cron in self.crons],
             "retries": self.retry.retries,
         }
         if self.cancel:
@@ -69,7 +78,7 @@ def define_function(
     handler: Handler,
     *,
     fn_id: str,
-    trigger: TriggerEvent | Sequence[TriggerEvent],
+    trigger: TriggerEvent | TriggerCron | Sequence[TriggerEvent | TriggerCron],
     name: str | None = None,
     retries: int | RetryPolicy = 4,
     cancel: Sequence[Any] | None = None,
@@ -88,11 +97,13 @@ def define_function(
     if on_failure is not None and not callable(on_failure):
         raise DefinitionError(f"function {fn_id!r}: on_failure {on_failure!r} is not callable")
     cancel_rules = compile_cancel_rules(cancel, fn_id)
+    triggers = _trigger_list(trigger, fn_id)
     return FunctionDef(
         id=fn_id,
         name=name or fn_id,
         handler=handler,
-        triggers=_compile_triggers(trigger, fn_id),
+        triggers=tuple(compile_trigger(t, fn_id) for t in triggers if not isinstance(t, TriggerCron)),
+        crons=_compile_crons([t for t in triggers if isinstance(t, TriggerCron)], fn_id),
         retry=_retry_policy(retries, fn_id),
         is_async=inspect.iscoroutinefunction(handler),
         cancel=cancel_rules,
@@ -102,8 +113,8 @@ def define_function(
     )
 
 
-def _compile_triggers(trigger: object, fn_id: str) -> tuple[CompiledTrigger, ...]:
-    triggers = [trigger] if isinstance(trigger, TriggerEvent) else trigger
+def _trigger_list(trigger: object, fn_id: str) -> list[object]:
+    triggers = [trigger] if isinstance(trigger, (TriggerEvent, TriggerCron)) else trigger
     if isinstance(triggers, str):
         raise DefinitionError(
             f"function {fn_id!r}: trigger {triggers!r} is a string; write TriggerEvent(event={triggers!r})"
@@ -112,7 +123,16 @@ def _compile_triggers(trigger: object, fn_id: str) -> tuple[CompiledTrigger, ...
         raise DefinitionError(f"function {fn_id!r} needs at least one trigger, e.g. TriggerEvent(event='app/x')")
     if len(triggers) > MAX_TRIGGERS:
         raise DefinitionError(f"function {fn_id!r} has {len(triggers)} triggers; the limit is {MAX_TRIGGERS}")
-    return tuple(compile_trigger(t, fn_id) for t in triggers)
+    return list(triggers)
+
+
+def _compile_crons(triggers: list[TriggerCron], fn_id: str) -> tuple[CompiledCron, ...]:
+    seen: set[str] = set()
+    for trigger in triggers:
+        if trigger.cron in seen:
+            raise DefinitionError(f"function {fn_id!r}: cron {trigger.cron!r} is given twice")
+        seen.add(trigger.cron if isinstance(trigger.cron, str) else repr(trigger.cron))
+    return tuple(compile_cron(t, fn_id) for t in triggers)
 
 
 def _retry_policy(retries: object, fn_id: str) -> RetryPolicy:

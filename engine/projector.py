@@ -11,6 +11,7 @@
 | buckets| function_id, kind, key | GCRA state of throttles and rate limits: the theoretical arrival time; ``started``: a throttle key's latest start |
 | debounces | function_id, key | pending debounces: the latest event, and when it is due          |
 | batched| function_id, key, internal_id | events waiting in a batch, in order, with when the batch is due |
+| crons  | function_id | each cron function's latest tick: when it was scheduled and fired, its event id |
 
 Steps change no projection: the step path writes one log row and nothing else. The runs table
 counts a run's steps when it ends.
@@ -91,6 +92,11 @@ BATCHED = Table(
     columns={"function_id": str, "key": str, "internal_id": str, "event": str, "position": int, "due_at": float},
     indexes=(("position",),),
 )
+CRONS = Table(
+    "crons",
+    key=("function_id",),
+    columns={"function_id": str, "scheduled_at": str, "fire_at": str, "event_id": str},
+)
 PAUSE_KINDS = ("wait", "invoke")
 
 
@@ -101,7 +107,7 @@ def _json(value: Any) -> str:
 class RunProjector:
     """Maps each engine entry to row changes in runs, events, queue and timers."""
 
-    tables: Sequence[Table] = (RUNS, EVENTS, QUEUE, TIMERS, WAITS, WAKEUPS, BUCKETS, DEBOUNCES, BATCHED)
+    tables: Sequence[Table] = (RUNS, EVENTS, QUEUE, TIMERS, WAITS, WAKEUPS, BUCKETS, DEBOUNCES, BATCHED, CRONS)
 
     def project(self, entry: Entry) -> Iterable[Change]:
         handler = _HANDLERS.get(entry.type)
@@ -271,6 +277,7 @@ _HANDLERS: dict[str, Any] = {
     "debounce.fired": _debounce_fired,
     "batch.added": _batch_added,
     "batch.flushed": _batch_flushed,
+    "cron.ticked": lambda entry, _id: [Upsert("crons", dict(entry.data))],
     r.RUN_STARTED: _started,
     r.RUN_RESUMED: _resumed,
     r.STEP_ERRORED: _errored,

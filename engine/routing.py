@@ -3,7 +3,8 @@
 One event starts a function at most once, however many of its triggers match. An event whose
 ``id`` was seen in the last 24 hours is recorded as a duplicate and starts nothing. A trigger
 expression that fails on an event is recorded on that event and does not start the function.
-An ``inngest/function.invoked`` event starts the function it names, whatever the triggers say;
+An ``inngest/function.invoked`` event, or a cron tick's ``inngest/scheduled.timer``, starts the
+function it names, whatever the triggers say;
 its flow control applies (as in Inngest, an invoke whose run is skipped ends at its timeout).
 A function with flow control hands the event to the flow gate, which starts, skips or holds it.
 A run of a function with cancel rules is scheduled with its cancel pauses.
@@ -17,6 +18,7 @@ from typing import Any
 
 import attrs
 from steplog.engine import records as r
+from steplog.engine.crontab import cron_function
 from steplog.engine.events import ReceivedEvent
 from steplog.engine.expressions import ExpressionError
 from steplog.engine.flow.gate import Action, FlowGate, Hold, Journal, Skip, Start
@@ -199,7 +201,7 @@ def _flow_record(buckets: list[list[Any]], errors: tuple[str, ...]) -> dict[str,
 
 
 def _match(event: dict[str, Any], functions: Sequence[FunctionDef]) -> tuple[list[FunctionDef], list[dict[str, Any]]]:
-    invoked = invoked_function(event)
+    invoked = invoked_function(event) or cron_function(event)
     if invoked is not None:
         return [fn for fn in functions if fn.id == invoked], []
     matched, errors = [], []

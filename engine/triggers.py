@@ -1,10 +1,14 @@
-"""Event triggers: exact names or trailing wildcards, and an optional CEL condition over ``event``."""
+"""Triggers: events (exact names or trailing wildcards, and an optional CEL condition over
+``event``) and cron schedules."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import attrs
+from steplog.engine.cron import CronError, CronSchedule, parse_cron
+from steplog.engine.durations import Duration, parse_duration
 from steplog.engine.errors import DefinitionError
 from steplog.engine.expressions import Expression, ExpressionError, compile_expression
 
@@ -41,10 +45,71 @@ class CompiledTrigger:
         return self.condition is None or self.condition.evaluate({"event": event}) is True
 
 
+MISSED_TICK_POLICIES = ("latest", "all", "skip")
+MIN_JITTER = timedelta(seconds=1)
+MAX_JITTER = timedelta(minutes=5)
+
+
+@attrs.frozen
+class TriggerCron:
+    """Start the function on a schedule: ``TriggerCron("0 12 * * 5")``, ``"TZ=Europe/Paris 0 12 * * 5"``.
+
+    Each tick is an ``inngest/scheduled.timer`` event with ``data = {cron, scheduledAt, fireAt}``
+    and an id derived from the function and the scheduled time, so a tick starts one run however
+    often the engine restarts. ``jitter`` (0, or 1 s to 5 min) delays every tick by a fixed
+    pseudo-random part of it, different per tick and function. ``missed`` says what happens to
+    ticks that passed while the engine was down: ``"latest"`` runs the latest of them once (the
+    default), ``"all"`` runs each of them, oldest first, ``"skip"`` runs none.
+    """
+
+    cron: str
+    jitter: Duration | None = None
+    missed: str = "latest"
+
+
+CronTrigger = TriggerCron
+"""The same class, by the name the issue tracker and most schedulers use."""
+
+
+@attrs.frozen
+class CompiledCron:
+    """A cron trigger ready to plan: its schedule parsed, its jitter a timedelta."""
+
+    trigger: TriggerCron
+    schedule: CronSchedule
+    jitter: timedelta
+
+    def describe(self) -> dict[str, Any]:
+        return {"cron": self.trigger.cron, "jitter_s": self.jitter.total_seconds(), "missed": self.trigger.missed}
+
+
+def compile_cron(trigger: TriggerCron, fn_id: str) -> CompiledCron:
+    """Check a cron trigger; raise DefinitionError naming the function and the problem."""
+    try:
+        schedule = parse_cron(trigger.cron)
+    except CronError as error:
+        raise DefinitionError(f"function {fn_id!r}: {error}") from None
+    jitter = timedelta(0)
+    if trigger.jitter is not None:
+        try:
+            jitter = parse_duration(trigger.jitter, what="cron jitter")
+        except (TypeError, ValueError) as error:
+            raise DefinitionError(f"function {fn_id!r}: {error}") from None
+        if jitter and not MIN_JITTER <= jitter <= MAX_JITTER:
+            raise DefinitionError(f"function {fn_id!r}: cron jitter {jitter} is outside 1 second to 5 minutes")
+    if trigger.missed not in MISSED_TICK_POLICIES:
+        raise DefinitionError(
+            f"function {fn_id!r}: cron missed={trigger.missed!r}; use one of {', '.join(MISSED_TICK_POLICIES)}"
+        )
+    return CompiledCron(trigger, schedule, jitter)
+
+
 def compile_trigger(trigger: object, fn_id: str) -> CompiledTrigger:
     """Check a trigger and compile it; raise DefinitionError naming the function and the problem."""
     if not isinstance(trigger, TriggerEvent):
-        raise DefinitionError(f"function {fn_id!r}: trigger {trigger!r} is not a steplog.TriggerEvent")
+        raise DefinitionError(
+            f"function {fn_id!r}: trigger {trigger!r} is not a steplog.TriggerEvent or steplog.TriggerCron"
+        )
     pattern = trigger.event
     if not isinstance(pattern, str) or not pattern.strip():
         raise DefinitionError(f"function {fn_id!r}: a trigger needs a non-empty event name")

@@ -21,6 +21,7 @@ from steplog.engine import (
     Cancel,
     Concurrency,
     Context,
+    CronTrigger,
     Debounce,
     DefinitionError,
     EngineError,
@@ -43,6 +44,7 @@ from steplog.engine import (
     SystemClock,
     Throttle,
     Timeouts,
+    TriggerCron,
     TriggerEvent,
 )
 from steplog.eventstore import MemoryEventStore, SqliteEventStore
@@ -52,6 +54,7 @@ __all__ = [
     "Cancel",
     "Concurrency",
     "Context",
+    "CronTrigger",
     "DatabaseInUseError",
     "Debounce",
     "DefinitionError",
@@ -80,5 +83,6 @@ __all__ = [
     "SystemClock",
     "Throttle",
     "Timeouts",
+    "TriggerCron",
     "TriggerEvent",
 ]

@@ -8,20 +8,20 @@ import pytest
 
 EXPECTED = {
     "steplog": [
-        "Batch", "Cancel", "Concurrency", "Context", "DatabaseInUseError", "Debounce", "DefinitionError",
+        "Batch", "Cancel", "Concurrency", "Context", "CronTrigger", "DatabaseInUseError", "Debounce", "DefinitionError",
         "EngineError", "EngineStoppedError", "Event", "EventError", "ExpressionError", "FunctionDef",
         "Limits", "ManualClock", "MemoryEventStore", "NonRetriableError", "NondeterminismError", "Priority",
         "RateLimit", "RetryAfterError", "RetryPolicy", "RunFailedError", "RunHandle", "RunNotFoundError",
         "Singleton", "SqliteEventStore", "StepError", "Steplog", "SystemClock", "Throttle", "Timeouts",
-        "TriggerEvent",
+        "TriggerCron", "TriggerEvent",
     ],
     "steplog.engine": [
-        "AsyncStep", "Batch", "Cancel", "Clock", "Concurrency", "Context", "Debounce", "DefinitionError",
+        "AsyncStep", "Batch", "Cancel", "Clock", "Concurrency", "Context", "CronTrigger", "Debounce", "DefinitionError",
         "Duration", "Engine", "EngineError", "Event", "EventError", "Expression", "ExpressionError",
         "FlowOptions", "FunctionDef", "FunctionNotFoundError", "FunctionRegistry", "Limits", "ManualClock",
         "NonRetriableError", "NondeterminismError", "Outcome", "Priority", "RateLimit", "RetryAfterError",
         "RetryPolicy", "RunFailedError", "RunNotFoundError", "RunProjector", "Singleton", "Step", "StepError",
-        "SystemClock", "Throttle", "Timeouts", "TriggerEvent", "compile_expression", "define_function",
+        "SystemClock", "Throttle", "Timeouts", "TriggerCron", "TriggerEvent", "compile_expression", "define_function",
         "parse_duration", "queries",
     ],
     "steplog.actors": ["DatabaseInUseError", "EngineStoppedError", "RunHandle", "Steplog"],
