@@ -30,6 +30,7 @@ from steplog.engine.projector import RunProjector
 from steplog.engine.retry import RetryPolicy
 from steplog.engine.service import Engine
 from steplog.engine.triggers import CronTrigger, TriggerCron, TriggerEvent
+from steplog.engine.webhooks import WebhookDef
 
 __all__ = [
     "AsyncStep",
@@ -72,6 +73,7 @@ __all__ = [
     "Timeouts",
     "TriggerCron",
     "TriggerEvent",
+    "WebhookDef",
     "compile_expression",
     "define_function",
     "parse_duration",

@@ -46,6 +46,7 @@ from steplog.engine import (
     Timeouts,
     TriggerCron,
     TriggerEvent,
+    WebhookDef,
 )
 from steplog.eventstore import MemoryEventStore, SqliteEventStore
 
@@ -85,4 +86,5 @@ __all__ = [
     "Timeouts",
     "TriggerCron",
     "TriggerEvent",
+    "WebhookDef",
 ]

@@ -4,6 +4,8 @@
     engine      imports nothing of actors, steplog, pykka, sqlite3, sqlite_utils, threading; reads no
                 wall clock outside engine/clock.py
     actors      imports anything but steplog
+    server      (steplog/server, the HTTP face) sits on actors; no layer imports it, nor starlette or uvicorn
+    croniter    only in engine/cron.py, so the cron library stays swappable
 
 Locks are not threads: engine/clock.py (ManualClock, shared with the actors' threads),
 engine/expressions.py (celpy's parser is not thread-safe) and engine/invocation.py (commits from
@@ -24,11 +26,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("eventstore", "engine", "actors", "steplog")
 
+WEB = {"starlette", "uvicorn"}
 FORBIDDEN = {
-    "eventstore": {"engine", "actors", "steplog", "pykka"},
-    "engine": {"actors", "steplog", "pykka", "threading", "sqlite3", "sqlite_utils"},
-    "actors": {"steplog"},
+    "eventstore": {"engine", "actors", "steplog", "pykka", *WEB},
+    "engine": {"actors", "steplog", "pykka", "threading", "sqlite3", "sqlite_utils", *WEB},
+    "actors": {"steplog", *WEB},
 }
+CRON_MODULE = "engine/cron.py"
 LOCK_ONLY_THREADING = {"engine/clock.py", "engine/expressions.py", "engine/invocation.py"}
 LOCK_NAMES = {"Lock", "RLock"}
 BRANCH_THREADS = {"engine/parallel.py": {"Thread", "Event"}}
@@ -182,3 +186,14 @@ def test_the_checks_fail_on_a_package_that_breaks_the_rules(tmp_path: Path, monk
         test_engine_uses_threading_only_for_locks()
     with pytest.raises(AssertionError, match=r"engine/bad.py:6 time.time\(\)"):
         test_engine_reads_the_wall_clock_only_in_clock_module()
+
+
+def test_croniter_is_imported_only_by_the_cron_module() -> None:
+    importers = [
+        relative(path)
+        for package in PACKAGES
+        for path in modules(package)
+        for module, _ in imported_modules(parse(path))
+        if module.split(".")[0] == "croniter"
+    ]
+    assert importers == [CRON_MODULE]

@@ -13,7 +13,7 @@ EXPECTED = {
         "Limits", "ManualClock", "MemoryEventStore", "NonRetriableError", "NondeterminismError", "Priority",
         "RateLimit", "RetryAfterError", "RetryPolicy", "RunFailedError", "RunHandle", "RunNotFoundError",
         "Singleton", "SqliteEventStore", "StepError", "Steplog", "SystemClock", "Throttle", "Timeouts",
-        "TriggerCron", "TriggerEvent",
+        "TriggerCron", "TriggerEvent", "WebhookDef",
     ],
     "steplog.engine": [
         "AsyncStep", "Batch", "Cancel", "Clock", "Concurrency", "Context", "CronTrigger", "Debounce", "DefinitionError",
@@ -21,7 +21,7 @@ EXPECTED = {
         "FlowOptions", "FunctionDef", "FunctionNotFoundError", "FunctionRegistry", "Limits", "ManualClock",
         "NonRetriableError", "NondeterminismError", "Outcome", "Priority", "RateLimit", "RetryAfterError",
         "RetryPolicy", "RunFailedError", "RunNotFoundError", "RunProjector", "Singleton", "Step", "StepError",
-        "SystemClock", "Throttle", "Timeouts", "TriggerCron", "TriggerEvent", "compile_expression", "define_function",
+        "SystemClock", "Throttle", "Timeouts", "TriggerCron", "TriggerEvent", "WebhookDef", "compile_expression", "define_function",
         "parse_duration", "queries",
     ],
     "steplog.actors": ["DatabaseInUseError", "EngineStoppedError", "RunHandle", "Steplog"],
