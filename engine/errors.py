@@ -30,6 +30,10 @@ class EventError(EngineError, ValueError):
     """An event is malformed or too large; the message names the event and the problem."""
 
 
+class EventTooLargeError(EventError):
+    """An event over the size limit, or a send of more events than allowed (HTTP 413)."""
+
+
 class FunctionNotFoundError(EngineError, KeyError):
     """No function with this id is registered."""
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-from steplog.engine.errors import EventError
+from steplog.engine.errors import EventError, EventTooLargeError
 from steplog.engine.ids import new_ulid, seeded_ulids
 from steplog.engine.jsonvalues import NotJSONError, encode, size_of
 from steplog.engine.limits import Limits
@@ -80,7 +80,7 @@ def prepare_events(
     """
     items = [events] if isinstance(events, (Event, Mapping)) else list(events)
     if len(items) > limits.events_per_send:
-        raise EventError(f"a send holds {len(items)} events; the limit is {limits.events_per_send}")
+        raise EventTooLargeError(f"a send holds {len(items)} events; the limit is {limits.events_per_send}")
     ids = _seeded(id_seed, len(items)) if id_seed is not None else [new_ulid(now) for _ in items]
     return [
         _prepare(item, index, len(items), ids[index], now, limits, allow_reserved) for index, item in enumerate(items)
@@ -109,7 +109,7 @@ def _prepare(
     except NotJSONError as error:
         raise EventError(str(error)) from None
     if size_of(text) > limits.event_bytes:
-        raise EventError(f"{where} is {size_of(text)} bytes; the limit is {limits.event_bytes} bytes")
+        raise EventTooLargeError(f"{where} is {size_of(text)} bytes; the limit is {limits.event_bytes} bytes")
     # the event as the log gives it back: nothing shared with the caller's objects, tuples as lists
     return ReceivedEvent(internal_id, Event.from_dict(json.loads(text)), event.id or None)
 

@@ -5,6 +5,7 @@
     steplog run     RUN_ID [--json]
     steplog rebuild [--check] [--json]
     steplog demo    [--events N]
+    steplog serve   MODULE[:CLIENT] [--host H] [--port P] [--event-key KEY ...] [--dev] [--api-token T]
 
 Every command takes ``--db PATH`` (default ``$STEPLOG_DB``, else ``steplog.db``). The query commands
 only read: they open the file read-only and start no actor, so they are safe next to a running app.
@@ -161,7 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
         " commands.",
     )
     demo.add_argument("--events", type=_count_arg, default=2, metavar="N", help="how many orders to send (default 2)")
+    _add_serve(commands)
     return parser
+
+
+def _add_serve(commands: Any) -> None:
+    # no --db: the user's module builds its client on its own database
+    serve = commands.add_parser(
+        "serve", help="serve your app's client over HTTP: Inngest's event API, webhooks and the UI",
+        description="Import MODULE (from the current directory first), take its Steplog client (MODULE:NAME"
+        " names it, or a function returning it; MODULE alone takes the only client in it), start it and"
+        " serve POST /e/{event_key} (Inngest's event API), /webhooks/... and the UI. SIGINT or SIGTERM"
+        " stops it gracefully: requests in flight are answered (after their commit), then the engine stops.",
+    )
+    serve.set_defaults(handler=cmd_serve, subparser=serve)
+    serve.add_argument("target", metavar="MODULE[:CLIENT]", help="where the client is, like app:client")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8288, help="port to listen on (default 8288, as Inngest's dev server)")
+    serve.add_argument(
+        "--event-key", dest="event_keys", action="append", default=[], metavar="KEY",
+        help="an event key POST /e/KEY accepts (repeatable; default: $STEPLOG_EVENT_KEY, comma separated)",
+    )
+    serve.add_argument(
+        "--dev", action="store_true", help="accept any event key (default: on if $STEPLOG_DEV is 1)",
+    )
+    serve.add_argument(
+        "--api-token", metavar="TOKEN", default=None,
+        help="token the UI and /api/ need, required off loopback (default: $STEPLOG_API_TOKEN, which other"
+        " users cannot see in the process list)",
+    )
 
 
 # -- argument types ------------------------------------------------------------------------------
@@ -433,6 +462,19 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from steplog import demo
 
     return demo.run_demo(args.db, orders=args.events, out=out)
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from steplog.server import serve  # imported here: the other commands need no web server
+
+    options = serve.ServeOptions(
+        target=args.target, host=args.host, port=args.port, event_keys=tuple(args.event_keys), dev=args.dev,
+        api_token=args.api_token,
+    )
+    try:
+        return serve.run(options, out=out)
+    except serve.ServeError as error:
+        raise CliError(str(error), code=2) from None
 
 
 # -- helpers for the commands --------------------------------------------------------------------

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from steplog.actors import Steplog
+from steplog.server.auth import TokenAuth
 from steplog.server.config import ServerConfig
 
 
 def create_app(client: Steplog, config: ServerConfig | None = None) -> Starlette:
-    """The server's app for a client (which the caller starts and stops)."""
+    """The server's app for a client (which the caller starts and stops).
+
+    With ``config.api_token``, the UI and ``/api/`` need the token (see ``auth``); the event API
+    keeps its event keys, webhooks their signatures, and ``/health`` is open.
+    """
     config = (config or ServerConfig(dev=True)).check()
     routes: list[BaseRoute] = []
     routes += _event_api_routes(client, config)
     routes += _webhook_routes(client, config)
     routes += _ui_routes(client, config)
-    return Starlette(routes=routes)
+    middleware = [Middleware(TokenAuth, token=config.api_token)] if config.api_token else []
+    return Starlette(routes=routes, middleware=middleware)
 
 
 def _event_api_routes(client: Steplog, config: ServerConfig) -> list[BaseRoute]:

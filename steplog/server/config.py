@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 
 import attrs
@@ -50,8 +51,11 @@ class ServerConfig:
         return self
 
     def accepts_key(self, key: str) -> bool:
-        """Whether ``POST /e/{key}`` may send with this key."""
-        return self.dev or key in self.event_keys
+        """Whether ``POST /e/{key}`` may send with this key (compared in constant time)."""
+        if self.dev:
+            return True
+        given = key.encode()
+        return any(hmac.compare_digest(given, known.encode()) for known in self.event_keys)
 
 
 def is_loopback(host: str) -> bool:
