@@ -273,6 +273,7 @@ class Steplog:
         ticker = Ticker(self.clock, timer)
         timer.proxy().attach_ticker(ticker).get()
         ticker.start()
+        timer.tell(Tick())  # what was armed before the ticker was attached (a cron tick, a debounce) needs it too
         self._cleanup.append(ticker.stop)
 
     def _resume(self) -> None:
