@@ -126,3 +126,44 @@ def _ask_for_token(url: URL, *, wrong: bool) -> HTMLResponse:
 </body></html>
 """
     return HTMLResponse(page, status_code=401, headers={"www-authenticate": "Bearer"})
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+class LoopbackOnly:
+    """ASGI middleware for a server bound to loopback: refuse (403) a request whose ``Host`` is not
+    a loopback name (a DNS-rebinding page reaching 127.0.0.1 under its own domain), or that a
+    browser sent from a page of another origin (``Origin`` names a non-loopback host: a
+    cross-site form or fetch posting events, cancelling runs). Programs (SDKs, curl) send no
+    ``Origin`` and are not affected."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        connection = HTTPConnection(scope)
+        problem = _non_local(connection.headers.get("host", ""), connection.headers.get("origin"))
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": problem})
+            return
+        await JSONResponse({"ids": [], "status": 403, "error": problem}, status_code=403)(scope, receive, send)
+
+
+def _non_local(host: str, origin: str | None) -> str | None:
+    if not _is_loopback_name(URL(f"http://{host}/").hostname or ""):
+        return f"host {host!r} is not a loopback name: this server only answers requests for localhost"
+    if origin is not None and origin != "null" and not _is_loopback_name(URL(origin).hostname or ""):
+        return f"requests from pages of {origin!r} are refused: this server only serves its own pages"
+    return None
+
+
+def _is_loopback_name(hostname: str) -> bool:
+    name = hostname.strip("[]").lower()
+    return name in LOOPBACK_NAMES or name.startswith("127.")

@@ -280,7 +280,7 @@ def raw_exchange(base_url: str, request: bytes) -> tuple[int, bytes]:
 
 def test_a_declared_content_length_over_the_limit_is_refused_before_the_body_is_sent(base_url: str) -> None:
     # Only the head is sent: an answer proves the server did not wait for the 10 MB it announced.
-    head = f"POST /e/{KEY} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n"
+    head = f"POST /e/{KEY} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n"
 
     status, body = raw_exchange(base_url, head.encode())
 
@@ -290,7 +290,7 @@ def test_a_declared_content_length_over_the_limit_is_refused_before_the_body_is_
 
 def test_a_chunked_body_is_refused_with_413_as_soon_as_it_passes_the_limit(client: Steplog, base_url: str) -> None:
     # The body never ends (no last chunk): the answer comes from reading past the limit.
-    head = f"POST /e/{KEY} HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n".encode()
+    head = f"POST /e/{KEY} HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\n".encode()
     chunk = b"x" * 1000
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3))
 
