@@ -39,3 +39,64 @@ def test_the_readme_flow_control_example_runs_and_prints_its_result(tmp_path: Pa
         "digest for ada up to note 2",
         "['completed', 'completed', 'completed', 'skipped', 'skipped', 'skipped']",
     ]
+
+
+def test_the_readme_server_example_serves_events_and_signed_webhooks(tmp_path: Path) -> None:
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    from steplog.engine.webhooks import signature_headers
+
+    [_, _, _, fourth, *_] = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (tmp_path / "app.py").write_text(fourth)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "steplog", "serve", "app:client", "--dev", "--port", "0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        base = _listening_address(server)
+
+        def post(path: str, body: bytes, headers: dict[str, str]) -> dict[str, object]:
+            request = urllib.request.Request(base + path, data=body, headers=headers, method="POST")
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return json.loads(answer.read())  # type: ignore[no-any-return]
+
+        event = json.dumps({"name": "shop/order.paid", "data": {"order_id": 7}}).encode()
+        assert post("/e/dev", event, {})["status"] == 200
+        payment = json.dumps({"order": 8}).encode()
+        signed = signature_headers("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_1", int(time.time()), payment)
+        assert post("/webhooks/payments", payment, {**signed, "content-type": "application/json"})["status"] == 200
+        deadline = time.monotonic() + 30
+        outputs: list[object] = []
+        while time.monotonic() < deadline and len(outputs) < 2:
+            with urllib.request.urlopen(base + "/api/runs?function=thank&status=completed", timeout=10) as answer:
+                outputs = sorted(str(run["output"]) for run in json.loads(answer.read()))
+        assert outputs == ["thanks for order 7", "thanks for order 8"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+
+
+def _listening_address(server: subprocess.Popen[str]) -> str:
+    assert server.stdout is not None
+    for line in server.stdout:
+        found = re.search(r"listening on (\S+)", line)
+        if found:
+            return _healthy(f"http://{found.group(1)}")
+    raise AssertionError("steplog serve exited before listening")
+
+
+def _healthy(base: str) -> str:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=5):
+                return base
+        except OSError:
+            time.sleep(0.05)  # polling until the server accepts, with a deadline
+    raise AssertionError(f"{base} never answered /health")

@@ -173,7 +173,7 @@ def _client_from(value: object, target: str) -> Steplog:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (so that port 0 gets a free port we can print). Raises ServeError."""
+    """A socket listening on ``host:port`` (so that port 0 gets a free port we can print). Raises ServeError."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -184,6 +184,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(2048)  # connections queue from now on: the address printed next already works
     except OSError as error:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
