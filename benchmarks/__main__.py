@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import flow
+from benchmarks import flow, ingest
 from benchmarks import workloads as wl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help=f"smoke sizes: W1 {wl.QUICK.w1_runs} runs, "
         f"W2 S={','.join(map(str, wl.QUICK.w2_steps))}, W3 {wl.QUICK.w3_runs} runs, "
         f"W4 {wl.QUICK.w4_manual_runs} (manual clock) and {wl.QUICK.w4_real_runs} (real clock) runs, "
-        f"W6 W={','.join(map(str, wl.QUICK.w6_waits))}, W7 {wl.QUICK.w7_runs} runs, W8 {wl.QUICK.w8_events} events",
+        f"W6 W={','.join(map(str, wl.QUICK.w6_waits))}, W7 {wl.QUICK.w7_runs} runs, W8 {wl.QUICK.w8_events} events,"
+        f" W9 {wl.QUICK.w9_events} events",
     )
     parser.add_argument(
         "--json", dest="json_path", type=Path, help="write one JSON object per line"
@@ -137,6 +138,8 @@ def child_command(system: str, workload: str, point: wl.Point) -> list[str]:
     command = [sys.executable, "-m", f"benchmarks.run_{system}", workload, "--n", str(point.size)]
     if point.clock is not None:
         command += ["--clock", point.clock]
+    if point.batch is not None:
+        command += ["--batch", str(point.batch)]
     return command
 
 
@@ -213,9 +216,11 @@ def run_all(options: Options, systems: tuple[str, ...]) -> tuple[list[Record], i
 #: JSON-only figures that are also reported as the median of the repeats.
 MEDIAN_EXTRAS = (
     "send_seconds", "park_seconds", "sleeping_rss_mb", "peak_rss_end_mb", "deadline_spread_s", *flow.MEDIAN_EXTRAS,
+    *ingest.MEDIAN_EXTRAS,
 )
-#: Every figure of the table, in its order.
-TABLE_FIGURES = (*wl.FIGURES, *wl.FLOW_FIGURES)
+#: Every figure of the table, in its order (only W9 records carry the ingest figures, so putting them first
+#: changes no other workload's rows).
+TABLE_FIGURES = (*wl.INGEST_FIGURES, *wl.FIGURES, *wl.FLOW_FIGURES)
 
 
 def median_record(samples: list[Record]) -> Record:
@@ -239,11 +244,13 @@ def size_of(record: Record) -> int:
         return int(record["steps"])
     if record["workload"] == wl.W6:
         return int(record["waits"])
+    if record["workload"] == wl.W9:
+        return int(record["events"])
     return int(record["runs"])
 
 
 def point_of(record: Record) -> wl.Point:
-    return wl.Point(size_of(record), record.get("clock"))
+    return wl.Point(size_of(record), record.get("clock"), record.get("batch"))
 
 
 def point_label(workload: str, point: wl.Point) -> str:
@@ -251,6 +258,8 @@ def point_label(workload: str, point: wl.Point) -> str:
         return f"S={point.size}"
     if workload == wl.W6:
         return f"W={point.size}"
+    if point.batch is not None:
+        return f"batch={point.batch} n={point.size}"
     if point.clock is not None:
         return f"{point.clock} n={point.size}"
     return f"n={point.size}"
@@ -340,7 +349,7 @@ def target_lines(records: list[Record]) -> list[str]:
     by_key = index(records)
     return [
         _target_w1(records, by_key), _target_w2(records), _target_w3(records), *_target_w6(records),
-        *_target_w7(records), *_target_w8(records),
+        *_target_w7(records), *_target_w8(records), _target_w9(records),
     ]
 
 
@@ -450,6 +459,18 @@ def _target_w8(records: list[Record]) -> list[str]:
     if not lines:
         lines.append(f"{_verdict(None)}  W8 dropped == 0 and max starts per 1 s window within the bound: n/a")
     return lines
+
+
+def _target_w9(records: list[Record]) -> str:
+    """W9: steplog accepts at least 5,000 events/s with batches of 100 (8 clients, every answer committed)."""
+    goal, batch = ingest.W9_TARGET_EVENTS_PER_S, ingest.W9_TARGET_BATCH
+    value = next(
+        (r["events_per_s"] for r in records
+         if r["workload"] == wl.W9 and r["system"] == "steplog" and r.get("batch") == batch),
+        None,
+    )
+    ok = None if value is None else value >= goal
+    return f"{_verdict(ok)}  W9 steplog accepts >= {goal:,.0f} events/s with batches of {batch}: {fmt(value)} events/s"
 
 
 # --------------------------------------------------------------------------- output

@@ -12,10 +12,15 @@ key, ``SetEnqueueOptions(queue_partition_key=...)``), W8 a queue with ``limiter=
 both with the default polling interval (1 s). For W7's ``us_admission_calls_per_run``, the queue
 thread's dequeue calls on the system database are wrapped with timers while the pass runs (DBOS's
 private ``_get_dbos_instance()._sys_db``; instrumentation only).
+W9 (ingest): DBOS has no event API, so the runner builds what a DBOS user would (``make_w9_app``): a
+Starlette endpoint ``POST /e/{event_key}``, served by uvicorn on a thread of this process as steplog's is,
+that enqueues one workflow per event on a DBOS queue (``queue.enqueue(w9, event)``, each enqueue its own
+committed transaction) and answers ``{"ids": [workflow ids], "status": 200}`` once every enqueue returned.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -25,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from benchmarks import flow
+from benchmarks import flow, ingest
 from benchmarks import workloads as wl
 
 try:
@@ -73,6 +78,7 @@ W7_PEAKS = flow.PeakPerKey()
 W8_STARTS: dict[int, float] = {}
 W7_QUEUE = "w7"
 W8_QUEUE = "w8"
+W9_QUEUE = "ingest"
 #: The queue thread's calls on the system database that decide which enqueued workflows start now.
 DEQUEUE_CALLS = (
     "dequeue_scopes",
@@ -158,6 +164,11 @@ def w7(key: str) -> int:
 def w8(i: int) -> int:
     W8_STARTS.setdefault(i, wl.now())
     return one()
+
+
+@DBOS.workflow()
+def w9(event: dict[str, Any]) -> None:
+    """W9's workflow, one per event: it does nothing (W9 measures accepting the events, not running them)."""
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -363,8 +374,54 @@ def run_w8(db_dir: Path, n: int) -> dict[str, Any]:
     )
 
 
+# --------------------------------------------------------------------------- W9 (ingest)
+
+
+def make_w9_app(queue: Any) -> Any:
+    """An event endpoint on DBOS, as a DBOS user would write one (DBOS has none): ``POST /e/{event_key}``
+    takes one event object or a JSON array of them, enqueues one ``w9`` workflow per event on ``queue``
+    (each ``enqueue`` commits its own transaction before it returns), then answers Inngest's
+    ``{"ids": [...], "status": 200}`` with the workflow ids. The enqueues run in Starlette's thread pool
+    (they block), one request's events one after another. ``GET /health`` answers ``{"status": "ok"}``.
+    No key check and no validation beyond the JSON shape: it is the benchmark's endpoint, not a product."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    def enqueue_all(events: list[dict[str, Any]]) -> list[str]:
+        return [queue.enqueue(w9, event).workflow_id for event in events]
+
+    async def receive(request: Request) -> Response:
+        value = json.loads(await request.body())
+        events = [value] if isinstance(value, dict) else list(value)
+        ids = await run_in_threadpool(enqueue_all, events)
+        return JSONResponse({"ids": ids, "status": 200})
+
+    async def health(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[Route("/e/{event_key}", receive, methods=["POST"]), Route("/health", health)])
+
+
+def run_w9(db_dir: Path, n: int, batch: int) -> dict[str, Any]:
+    """8 client processes post ``n`` events in batches of ``batch`` to the endpoint above; then the system
+    database must hold exactly one ``w9`` workflow per acknowledged event (``list_workflows`` on the queue)."""
+    sock, port = ingest.listener()
+    with launched(db_dir):
+        queue = DBOS.register_queue(W9_QUEUE)
+        with ingest.serving(make_w9_app(queue), sock):
+            result = ingest.drive(port, n, batch)
+        rows = DBOS.list_workflows(queue_name=W9_QUEUE, load_input=False, load_output=False)
+        logged = [row.workflow_id for row in rows]
+    ingest.check_ids(result, logged, n, "the system database")
+    return ingest.ingest_record(SYSTEM, events=n, batch=batch, result=result)
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3, wl.W4: run_w4, wl.W6: run_w6, wl.W7: run_w7, wl.W8: run_w8,
+    wl.W9: run_w9,
 }
 
 

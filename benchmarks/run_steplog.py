@@ -11,6 +11,9 @@ W7 and W8 (flow control) build their own clients, with the concurrency or thrott
 steplog's admission calls by wrapping them on the started client (``client.slots.offer`` and
 ``release``, and the flow gate's ``key_of``); nothing in steplog is changed.
 
+W9 (ingest) serves ``steplog.server.create_app(client, ServerConfig(dev=True, ...))`` with uvicorn on a
+thread of this process, with the client started, and drives it from 8 client processes (``ingest``).
+
 Every use of steplog's API is in this module, in the "API" sections below: fix it there if it moves.
 """
 
@@ -25,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from benchmarks import flow
+from benchmarks import flow, ingest
 from benchmarks import workloads as wl
 
 try:
@@ -497,8 +500,58 @@ def run_w8(db_dir: Path, n: int) -> dict[str, Any]:
     )
 
 
+# --------------------------------------------------------------------------- API for W9 (ingest)
+
+
+def make_w9_client(db_dir: Path) -> steplog.Steplog:
+    """W9's client: one trivial function on ``bench/ingest``, so that every event is routed and starts a run."""
+    client = steplog.Steplog(app_id=APP_ID, db=str(db_dir / "steplog.sqlite"))
+
+    @client.create_function(fn_id="w9", trigger=steplog.TriggerEvent(event=ingest.EVENT_NAME))
+    def w9(ctx: steplog.Context) -> None:
+        return None
+
+    return client
+
+
+def make_w9_app(client: steplog.Steplog, port: int) -> Any:
+    """steplog's own server app (the event API is ``POST /e/{event_key}``); ``dev=True`` accepts any key."""
+    from steplog.server import ServerConfig, create_app
+
+    return create_app(client, ServerConfig(dev=True, host=ingest.HOST, port=port))
+
+
+def logged_event_ids(client: steplog.Steplog) -> list[str]:
+    """The ids of every ``bench/ingest`` event in the log."""
+    return [row["id"] for row in client.list_events(name=ingest.EVENT_NAME, limit=None)]
+
+
+# --------------------------------------------------------------------------- W9
+
+
+def run_w9(db_dir: Path, n: int, batch: int) -> dict[str, Any]:
+    """8 client processes post ``n`` events in batches of ``batch`` to steplog's event API; then the log
+    must hold exactly the ``n`` acknowledged events, and (after ``run_until_idle``) ``n`` completed runs."""
+    sock, port = ingest.listener()
+    with make_w9_client(db_dir) as client, ingest.serving(make_w9_app(client, port), sock):
+        result = ingest.drive(port, n, batch)
+        t_idle = wl.now()
+        client.run_until_idle()  # the runs started by the events; not part of the timed ingest
+        drain_seconds = wl.now() - t_idle
+        logged = logged_event_ids(client)
+        done = completed_runs(client, "w9")
+    ingest.check_ids(result, logged, n, "the event log")
+    if done != n:
+        raise RuntimeError(f"W9: expected {n} completed runs, found {done}")
+    return ingest.ingest_record(
+        SYSTEM, events=n, batch=batch, result=result,
+        extra={"drain_seconds": round(drain_seconds, 3), "runs_completed": done},
+    )
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     wl.W1: run_w1, wl.W2: run_w2, wl.W3: run_w3, wl.W4: run_w4, wl.W6: run_w6, wl.W7: run_w7, wl.W8: run_w8,
+    wl.W9: run_w9,
 }
 
 

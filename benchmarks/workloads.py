@@ -30,7 +30,8 @@ W4 = "W4"
 W6 = "W6"
 W7 = "W7"
 W8 = "W8"
-WORKLOADS: tuple[str, ...] = (W1, W2, W3, W4, W6, W7, W8)
+W9 = "W9"
+WORKLOADS: tuple[str, ...] = (W1, W2, W3, W4, W6, W7, W8, W9)
 
 SYSTEMS: tuple[str, ...] = ("steplog", "dbos")
 
@@ -45,6 +46,8 @@ DESCRIPTIONS: dict[str, str] = {
     " first send -> last completion, peak executing per key, admission cost per run",
     W8: "throttled flood: N events against a throttle of 100 starts/s; max starts in any 1 s window,"
     " runs dropped, cost per event accepted",
+    W9: "ingest: 8 loopback HTTP clients post N events to POST /e/<key> in batches of 1 and of 100;"
+    " events/s accepted and p50/p99 acknowledgement latency (each acknowledged event committed)",
 }
 
 #: W4 runs on two clocks: ``manual`` (steplog's ManualClock, advanced past the deadline at once)
@@ -88,6 +91,10 @@ FLOW_FIGURES: tuple[str, ...] = (
     "us_per_event",
 )
 
+#: Figures of the ingest workload (W9), shown in the table after FLOW_FIGURES; only W9 records carry
+#: them (see ``benchmarks.ingest``). W9 records also carry ``p50_ms``, ``p99_ms`` and ``peak_rss_mb``.
+INGEST_FIGURES: tuple[str, ...] = ("events_per_s",)
+
 #: True where a larger figure is better (used to read the steplog/dbos ratio).
 HIGHER_IS_BETTER: dict[str, bool] = {
     "runs_per_s": True,
@@ -102,25 +109,32 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "max_starts_per_s": False,  # a check: must stay within the throttle's bound
     "dropped": False,  # a check: must be 0
     "us_per_event": False,
+    "events_per_s": True,
 }
 
 
 @dataclass(frozen=True)
 class Point:
-    """One workload point: a size (N, S or W) and, for W4, the clock."""
+    """One workload point: a size (N, S or W) and, for W4, the clock, or for W9, the events per request."""
 
     size: int
     clock: str | None = None
+    batch: int | None = None
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of the runner beyond ``(db_dir, size)``."""
-        return {} if self.clock is None else {"clock": self.clock}
+        options: dict[str, Any] = {}
+        if self.clock is not None:
+            options["clock"] = self.clock
+        if self.batch is not None:
+            options["batch"] = self.batch
+        return options
 
 
 @dataclass(frozen=True)
 class Sizes:
     """The sizes of one benchmark pass: N for W1, W3, W4 (per clock) and W7, the lists of S (W2) and
-    W (W6), and the events of W8."""
+    W (W6), the events of W8, and the events of W9 with its batch sizes (events per request)."""
 
     w1_runs: int
     w2_steps: tuple[int, ...]
@@ -130,6 +144,8 @@ class Sizes:
     w6_waits: tuple[int, ...]
     w7_runs: int
     w8_events: int
+    w9_events: int = 20_000
+    w9_batches: tuple[int, ...] = (1, 100)
 
     def points(self, workload: str) -> tuple[Point, ...]:
         """The points to run for ``workload``: one child process is started per point."""
@@ -147,18 +163,20 @@ class Sizes:
             return (Point(self.w7_runs),)
         if workload == W8:
             return (Point(self.w8_events),)
+        if workload == W9:
+            return tuple(Point(self.w9_events, batch=b) for b in self.w9_batches)
         raise ValueError(f"unknown workload {workload!r}; expected one of {', '.join(WORKLOADS)}")
 
 
 FULL = Sizes(
     w1_runs=2000, w2_steps=(100, 1000, 5000), w3_runs=200,
     w4_manual_runs=100_000, w4_real_runs=1000, w6_waits=(1000, 5000, 10_000),
-    w7_runs=10_000, w8_events=20_000,
+    w7_runs=10_000, w8_events=20_000, w9_events=20_000, w9_batches=(1, 100),
 )
 QUICK = Sizes(
     w1_runs=200, w2_steps=(100, 1000), w3_runs=50,
     w4_manual_runs=5000, w4_real_runs=200, w6_waits=(1000,),
-    w7_runs=1000, w8_events=2000,
+    w7_runs=1000, w8_events=2000, w9_events=2000, w9_batches=(1, 100),
 )
 
 #: steplog's per-run step limit must be raised above its default (1,000) for W2.
@@ -307,7 +325,8 @@ def environment(system_version: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ChildArgs:
-    """Arguments of ``python -m benchmarks.run_<system> WORKLOAD [--n N[,N...]] [--clock C] [--quick]``."""
+    """Arguments of ``python -m benchmarks.run_<system> WORKLOAD [--n N[,N...]] [--clock C] [--batch B[,B...]]
+    [--quick]``."""
 
     workload: str
     points: tuple[Point, ...]
@@ -324,23 +343,31 @@ def parse_child_args(system: str, argv: Sequence[str] | None = None) -> ChildArg
         "--n",
         type=_size_list,
         default=None,
-        help="runs (W1, W3, W4, W7), steps per run (W2), waits (W6) or events (W8);"
+        help="runs (W1, W3, W4, W7), steps per run (W2), waits (W6) or events (W8, W9);"
         " a comma-separated list runs each",
     )
     parser.add_argument(
         "--clock", choices=W4_CLOCKS, default=None, help="W4 only: manual or real (default: both)"
+    )
+    parser.add_argument(
+        "--batch", type=_size_list, default=None, help="W9 only: events per request, a comma-separated list"
+        " runs each (default: 1,100)"
     )
     parser.add_argument("--quick", action="store_true", help="smaller default sizes")
     parser.add_argument("--keep-db", action="store_true", help="do not delete the database dir")
     ns = parser.parse_args(argv)
     if ns.clock is not None and ns.workload != W4:
         parser.error("--clock applies to W4 only")
+    if ns.batch is not None and ns.workload != W9:
+        parser.error("--batch applies to W9 only")
     points = (QUICK if ns.quick else FULL).points(ns.workload)
     if ns.clock is not None:
         points = tuple(p for p in points if p.clock == ns.clock)
+    if ns.batch:
+        points = tuple(Point(p.size, p.clock, b) for p in points[:1] for b in ns.batch)
     if ns.n:
-        clocks = tuple(dict.fromkeys(p.clock for p in points))
-        points = tuple(Point(n, clock) for clock in clocks for n in ns.n)
+        variants = tuple(dict.fromkeys((p.clock, p.batch) for p in points))
+        points = tuple(Point(n, clock, batch) for clock, batch in variants for n in ns.n)
     points = tuple(p for p in points if (system, ns.workload, p.clock) not in UNSUPPORTED)
     if not points:
         parser.error(f"{system} cannot run {ns.workload} with --clock {ns.clock}: "
@@ -400,7 +427,7 @@ def child_main(
 ) -> int:
     """Shared ``main`` of the runners: a fresh db dir per point, one JSON line per result.
 
-    A runner is called as ``runner(db_dir, size)``, plus ``clock=...`` for W4.
+    A runner is called as ``runner(db_dir, size)``, plus ``clock=...`` for W4 and ``batch=...`` for W9.
     """
     args = parse_child_args(system, argv)
     runner = runners[args.workload]
