@@ -49,7 +49,7 @@ from steplog.engine import (
     define_function,
     queries,
 )
-from steplog.engine.coordination import Accepted, Answer, CancelRun, Done, Request, RerunRun, SendEvents
+from steplog.engine.coordination import Accepted, Answer, CancelRun, Done, FireDue, Request, RerunRun, SendEvents
 from steplog.engine.flow import (
     Batch,
     Concurrency,
@@ -249,7 +249,16 @@ class Steplog:
         self._start_clock(timer)
         self._started = True
         self._resume()
+        self._fire_due_flow()
         return self
+
+    def _fire_due_flow(self) -> None:
+        """Debounces, batches and cron ticks already due at start fire now, counted as activity
+        before start returns, so that ``run_until_idle`` right after start waits for their runs."""
+        due = self._engine.coordinator.next_due()
+        if due is not None and due <= self.clock.now():
+            self._activity.begin()  # ended by the router once the runs it starts are counted
+            self._router.tell(Coordinate(FireDue(), Reply()))
 
     def _lock_database(self) -> None:
         # Before the store is opened: a refused second engine must not touch the file at all.
@@ -394,8 +403,13 @@ class Steplog:
         """
         self._check_running()
         done = self._ask(RerunRun(run_id))
-        assert isinstance(done, Done)
-        return str(done.value)
+        assert isinstance(done, Done) and done.accepted is not None
+        [run] = done.accepted.runs
+        with self._recent_lock:  # runs_for_event answers as list_runs(event_id=...) does
+            for event_id in run.entry.data["event_ids"]:
+                if event_id in self._recent_runs:
+                    self._recent_runs[event_id].append(run.run_id)
+        return run.run_id
 
     def cancel_runs(
         self, *, function_id: str, status: str | None = None, since: Any = None, until: Any = None,

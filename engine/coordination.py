@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 from steplog.engine import records as r
-from steplog.engine.crontab import CRON_TICKED, CronTable, Tick, cron_stream
+from steplog.engine.crontab import CRON_ARMED, CRON_TICKED, CronTable, Tick, cron_stream
 from steplog.engine.errors import EngineError, RunNotFoundError
 from steplog.engine.events import Event, ReceivedEvent, prepare_events
 from steplog.engine.flow.gate import FlowGate, Journal, Start
@@ -223,8 +223,21 @@ class Coordinator:
         for function in self.registry.all():
             if function.flow.throttle is not None:
                 self.flow.after_restart(function.id, function.flow.throttle, now)
+        self._load_cron(now)
+
+    def _load_cron(self, now: datetime) -> None:
+        """Plan the cron ticks; a function with no cron record yet gets one saying its schedule
+        begins now (so ticks missed from then on follow its policy after a restart)."""
         latest = {row["function_id"]: parse_time(row["scheduled_at"]) for row in self.store.query("crons")}
-        self.cron.load(self.registry.all(), latest, now)
+
+        def recorded(tick: Tick) -> bool:
+            return self.store.key_recorded(f"tick:{tick.event_id}", window_s=None, now=now)  # however long ago
+
+        unarmed = self.cron.load(self.registry.all(), latest, now, recorded)
+        if unarmed:
+            self.committer([Append(tuple(
+                StreamWrite(cron_stream(fn), (NewEntry(CRON_ARMED, self.cron.armed(fn, now)),)) for fn in unarmed
+            ))])
 
     def next_due(self) -> datetime | None:
         """When the flow gate next has a debounce or batch to start, or a cron tick is due."""
@@ -382,14 +395,15 @@ class Coordinator:
     def _plan_due(self, batch: _Batch, now: datetime) -> _Planned:
         """Start the debounces, batches and cron ticks that are due."""
         flow = self._plan_flow_due(batch, now)
-        ticks = self.cron.due(now)
+        ticks = [tick for tick in self.cron.due(now) if f"tick:{tick.event_id}" not in batch.keys]  # not planned twice
         return _joined(flow, self._plan_ticks(ticks, batch, now)) if ticks else flow
 
     def _plan_ticks(self, ticks: list[Tick], batch: _Batch, now: datetime) -> _Planned:
         """Each tick's event, and its ``cron.ticked`` record, committed together."""
         sent = self._plan_send([tick.event() for tick in ticks], True, batch, now)
         records = Append(tuple(
-            StreamWrite(cron_stream(tick.function_id), (NewEntry(CRON_TICKED, tick.record()),)) for tick in ticks
+            StreamWrite(cron_stream(tick.function_id), (NewEntry(CRON_TICKED, self.cron.record(tick)),))
+            for tick in ticks
         ))
 
         def finish(results: list[Committed | ConcurrencyError]) -> Answer:

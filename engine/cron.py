@@ -30,6 +30,17 @@ _DST_LOOKAROUND = timedelta(hours=3)
 """Wider than any daylight-saving shift: how far a search starts back when one is near."""
 
 
+MACROS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+
+
 class CronError(ValueError):
     """A cron string that cannot be used; the message says what is wrong with it."""
 
@@ -101,13 +112,17 @@ def parse_cron(source: object) -> CronSchedule:
     if len(source) > MAX_CRON_LENGTH:
         raise CronError(f"cron {source[:40]!r}... is longer than {MAX_CRON_LENGTH} characters")
     zone, expression = _split_zone(source.strip())
+    if expression.startswith("@"):
+        if expression.lower() not in MACROS:
+            raise CronError(f"cron {source!r}: unknown macro {expression!r}; use one of {', '.join(MACROS)}")
+        expression = MACROS[expression.lower()]
     fields = expression.split()
-    if not expression.startswith("@") and len(fields) != 5:
+    if len(fields) != 5:
         raise CronError(
             f"cron {source!r} has {len(fields)} fields; it needs 5 (minute hour day-of-month month day-of-week),"
             " optionally after 'TZ=<zone> '"
         )
-    schedule = CronSchedule(source, expression, zone, not expression.startswith("@") and fields[1] == "*")
+    schedule = CronSchedule(source, expression, zone, fields[1] == "*")
     try:
         croniter(expression, datetime(2000, 1, 1))
         schedule.next_after(datetime(2000, 1, 1, tzinfo=UTC))

@@ -15,7 +15,7 @@ function that fire at the same instant make one tick.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -25,6 +25,7 @@ from steplog.eventstore import format_time
 
 CRON_EVENT = "inngest/scheduled.timer"
 CRON_TICKED = "cron.ticked"
+CRON_ARMED = "cron.armed"
 TICKS_PER_FIRE = 1000
 """At most this many ticks of one function fire in one commit; the rest fire right after."""
 
@@ -75,69 +76,132 @@ def cron_function(event: dict[str, object]) -> str | None:
 
 
 class CronTable:
-    """Each cron function's next tick. Single-threaded: the coordinator's."""
+    """Each cron function's ticks to come. Single-threaded: the coordinator's.
+
+    Per function: ``pending``, ticks generated and not fired yet (a jitter longer than the
+    interval lets a later tick fire before an earlier one), and ``upcoming``, the first tick not
+    generated yet. Ticks are generated while they could be the next to fire: a tick fires no
+    earlier than it is scheduled, so once ``upcoming`` is scheduled after the earliest fire time
+    known, no later tick can come first.
+    """
 
     def __init__(self) -> None:
         self._crons: dict[str, tuple[CompiledCron, ...]] = {}
-        self._next: dict[str, Tick] = {}
+        self._pending: dict[str, dict[datetime, Tick]] = {}
+        self._upcoming: dict[str, Tick] = {}
+        self._latest: dict[str, datetime] = {}
 
-    def load(self, functions: Iterable[FunctionDef], latest: dict[str, datetime], now: datetime) -> None:
-        """Plan every cron function's next tick from its latest recorded one (at start)."""
+    def load(
+        self, functions: Iterable[FunctionDef], latest: dict[str, datetime], now: datetime,
+        recorded: Callable[[Tick], bool],
+    ) -> list[str]:
+        """Plan every cron function's ticks from its latest recorded one (at start); ``recorded``
+        tells whether a tick's event is in the log. Returns the functions with no record: their
+        schedule begins now, and the caller records that (``armed``)."""
         self._crons = {fn.id: fn.crons for fn in functions if fn.crons}
-        self._next = {}
+        self._pending, self._upcoming, self._latest = {}, {}, {}
+        unarmed = []
         for function_id, crons in self._crons.items():
             last = latest.get(function_id)
-            self._next[function_id] = self._after_restart(function_id, crons, last, now)
+            if last is None:
+                unarmed.append(function_id)
+                pending, upcoming = [], self._tick_after(function_id, crons, now)
+            else:
+                pending, upcoming = self._after_restart(function_id, crons, last, now, recorded)
+            self._latest[function_id] = last or now
+            self._pending[function_id] = {tick.scheduled_at: tick for tick in pending}
+            self._upcoming[function_id] = upcoming
+        return unarmed
+
+    def armed(self, function_id: str, now: datetime) -> dict[str, object]:
+        """The ``cron.armed`` entry's data: the schedule of a function begins now."""
+        return {"function_id": function_id, "scheduled_at": format_time(now), "fire_at": None, "event_id": None}
 
     def next_due(self) -> datetime | None:
-        return min((tick.fire_at for tick in self._next.values()), default=None)
+        for function_id in self._crons:
+            self._generate_while_earliest(function_id)
+        return min((self._earliest(function_id) for function_id in self._crons), default=None)
 
     def due(self, now: datetime) -> list[Tick]:
-        """The ticks whose time has come, oldest first per function (up to TICKS_PER_FIRE each).
-        Nothing changes until ``fired`` says they were committed."""
-        ticks: list[Tick] = []
-        for function_id, tick in self._next.items():
-            for _ in range(TICKS_PER_FIRE):
-                if tick.fire_at > now:
-                    break
-                ticks.append(tick)
-                tick = self._tick_after(function_id, self._crons[function_id], tick.scheduled_at)
-        return ticks
+        """The ticks whose fire time has come, earliest first (up to TICKS_PER_FIRE per function).
+        They stay planned until ``fired`` says they were committed."""
+        ready: list[Tick] = []
+        for function_id, crons in self._crons.items():
+            pending = self._pending[function_id]
+            while self._upcoming[function_id].scheduled_at <= now and len(pending) < TICKS_PER_FIRE:
+                self._generate(function_id, crons)
+            mine = sorted((t for t in pending.values() if t.fire_at <= now), key=lambda t: (t.fire_at, t.scheduled_at))
+            ready.extend(mine[:TICKS_PER_FIRE])
+        return ready
 
     def fired(self, ticks: Sequence[Tick]) -> None:
-        """Move past ticks that were committed."""
+        """Forget ticks that were committed."""
         for tick in ticks:
-            if tick.function_id in self._next and self._next[tick.function_id].scheduled_at <= tick.scheduled_at:
-                self._next[tick.function_id] = self._tick_after(
-                    tick.function_id, self._crons[tick.function_id], tick.scheduled_at
-                )
+            self._pending.get(tick.function_id, {}).pop(tick.scheduled_at, None)
+
+    def record(self, tick: Tick) -> dict[str, object]:
+        """The ``cron.ticked`` entry's data: the latest scheduled time fired so far, which is where
+        the schedule resumes at start (a jittered tick may fire after a later one)."""
+        latest = max(self._latest.get(tick.function_id, tick.scheduled_at), tick.scheduled_at)
+        self._latest[tick.function_id] = latest
+        return {**tick.record(), "scheduled_at": format_time(latest), "tick": format_time(tick.scheduled_at)}
+
+    def _generate(self, function_id: str, crons: tuple[CompiledCron, ...]) -> None:
+        tick = self._upcoming[function_id]
+        self._pending[function_id][tick.scheduled_at] = tick
+        self._upcoming[function_id] = self._tick_after(function_id, crons, tick.scheduled_at)
+
+    def _generate_while_earliest(self, function_id: str) -> None:
+        while self._upcoming[function_id].scheduled_at < self._earliest(function_id):
+            self._generate(function_id, self._crons[function_id])
+
+    def _earliest(self, function_id: str) -> datetime:
+        return min([t.fire_at for t in self._pending[function_id].values()] + [self._upcoming[function_id].fire_at])
 
     def _after_restart(
-        self, function_id: str, crons: tuple[CompiledCron, ...], last: datetime | None, now: datetime
-    ) -> Tick:
-        upcoming = self._tick_after(function_id, crons, now)
-        if last is None:
-            return upcoming
-        missed = self._tick_after(function_id, crons, last)
-        if missed.scheduled_at > now:
-            return missed  # nothing was missed (maybe a jittered tick still to come)
+        self, function_id: str, crons: tuple[CompiledCron, ...], last: datetime, now: datetime,
+        recorded: Callable[[Tick], bool],
+    ) -> tuple[list[Tick], Tick]:
+        """The pending ticks and the next one at start. Ticks of the last jitter window before
+        ``last`` that never fired are pending again; a tick whose fire time is still ahead was not
+        missed; the ticks whose fire time passed since ``last`` follow the ``missed`` policy."""
+        window = max(cron.jitter for cron in crons)
+        in_flight = [t for t in self._ticks_between(function_id, crons, last - window, last) if not recorded(t)]
+        first = self._tick_after(function_id, crons, last)
+        if first.fire_at > now:
+            return in_flight, first  # nothing was missed
         policy = crons[0].trigger.missed if len(crons) == 1 else _strictest(crons)
         if policy == "all":
-            return missed
+            return in_flight, first
         if policy == "skip":
-            return upcoming
-        latest = max(cron.schedule.latest_at_or_before(now) for cron in crons)
-        return attrs.evolve(self._tick_at(function_id, crons, latest), fire_at=now)
+            still_ahead = self._ticks_between(function_id, crons, max(last, now - window), now)
+            return in_flight + [t for t in still_ahead if t.fire_at > now], self._tick_after(function_id, crons, now)
+        latest = self._tick_at_or_before(function_id, crons, now)
+        while latest.fire_at > now:  # its jitter is still running: the one before it was missed
+            latest = self._tick_at_or_before(function_id, crons, latest.scheduled_at - timedelta(microseconds=1))
+        return in_flight + [attrs.evolve(latest, fire_at=now)], self._tick_after(function_id, crons, latest.scheduled_at)
+
+    def _ticks_between(
+        self, function_id: str, crons: tuple[CompiledCron, ...], start: datetime, end: datetime
+    ) -> list[Tick]:
+        """The ticks scheduled after ``start`` and at or before ``end``."""
+        ticks = []
+        tick = self._tick_after(function_id, crons, start)
+        while tick.scheduled_at <= end:
+            ticks.append(tick)
+            tick = self._tick_after(function_id, crons, tick.scheduled_at)
+        return ticks
+
+    def _tick_at_or_before(self, function_id: str, crons: tuple[CompiledCron, ...], moment: datetime) -> Tick:
+        scheduled = max(cron.schedule.latest_at_or_before(moment) for cron in crons)
+        return self._tick_at(function_id, crons, scheduled)
 
     def _tick_after(self, function_id: str, crons: tuple[CompiledCron, ...], moment: datetime) -> Tick:
         scheduled = min(cron.schedule.next_after(moment) for cron in crons)
         return self._tick_at(function_id, crons, scheduled)
 
     def _tick_at(self, function_id: str, crons: tuple[CompiledCron, ...], scheduled: datetime) -> Tick:
-        firing = [
-            cron for cron in crons
-            if cron.schedule.latest_at_or_before(scheduled) == scheduled
-        ]
+        firing = [cron for cron in crons if cron.schedule.latest_at_or_before(scheduled) == scheduled]
         delay = min(_jitter(function_id, scheduled, cron.jitter) for cron in firing)
         return Tick(function_id, scheduled, scheduled + delay, tuple(cron.trigger.cron for cron in firing))
 

@@ -11,7 +11,7 @@
 | buckets| function_id, kind, key | GCRA state of throttles and rate limits: the theoretical arrival time; ``started``: a throttle key's latest start |
 | debounces | function_id, key | pending debounces: the latest event, and when it is due          |
 | batched| function_id, key, internal_id | events waiting in a batch, in order, with when the batch is due |
-| crons  | function_id | each cron function's latest tick: when it was scheduled and fired, its event id |
+| crons  | function_id | where each cron function's schedule resumes: the latest scheduled time fired (or when it began), that tick's fire time and event id |
 
 Steps change no projection: the step path writes one log row and nothing else. The runs table
 counts a run's steps when it ends.
@@ -182,6 +182,10 @@ def _batch_flushed(entry: Entry, _id: str) -> list[Change]:
     ]
 
 
+def _cron_row(data: dict[str, Any]) -> dict[str, Any]:
+    return {column: data.get(column) for column in ("function_id", "scheduled_at", "fire_at", "event_id")}
+
+
 def _pause_row(pause: dict[str, Any], recorded_at: str) -> Upsert:
     row = {
         "run_id": pause["run_id"], "step": pause["step"], "function_id": pause["function_id"],
@@ -277,7 +281,8 @@ _HANDLERS: dict[str, Any] = {
     "debounce.fired": _debounce_fired,
     "batch.added": _batch_added,
     "batch.flushed": _batch_flushed,
-    "cron.ticked": lambda entry, _id: [Upsert("crons", dict(entry.data))],
+    "cron.ticked": lambda entry, _id: [Upsert("crons", _cron_row(entry.data))],
+    "cron.armed": lambda entry, _id: [Upsert("crons", _cron_row(entry.data))],
     r.RUN_STARTED: _started,
     r.RUN_RESUMED: _resumed,
     r.STEP_ERRORED: _errored,

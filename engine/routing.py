@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 from steplog.engine import records as r
-from steplog.engine.crontab import cron_function
+from steplog.engine.crontab import CRON_EVENT, cron_function
 from steplog.engine.events import ReceivedEvent
 from steplog.engine.expressions import ExpressionError
 from steplog.engine.flow.gate import Action, FlowGate, Hold, Journal, Skip, Start
@@ -76,7 +76,11 @@ class Routed:
 
 
 def dedup_key(received: ReceivedEvent) -> str | None:
-    return None if received.dedup_id is None else f"event:{received.dedup_id}"
+    if received.dedup_id is None:
+        return None
+    if received.event.name == CRON_EVENT:  # a reserved name: no user's event id can take a tick's key
+        return f"tick:{received.dedup_id}"
+    return f"event:{received.dedup_id}"
 
 
 def route(
