@@ -17,9 +17,17 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 def encode(value: Any, *, what: str) -> str:
     """Compact JSON text of ``value``, or NotJSONError naming ``what`` and the offending type."""
     try:
-        return _ENCODER.encode(value)
+        text: str = _ENCODER.encode(value)
     except (TypeError, ValueError) as error:
         raise NotJSONError(f"{what} is not JSON: {error}") from None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise NotJSONError(
+                f"{what} is not JSON: it holds a lone surrogate {text[error.start]!r}, which is not valid Unicode"
+            ) from None
+    return text
 
 
 def size_of(text: str) -> int:

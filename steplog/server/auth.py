@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import html
+import ipaddress
 import logging
 import re
 from urllib.parse import urlencode
@@ -24,7 +25,8 @@ QUERY_PARAM = "token"
 OPEN_PATHS = ("/e", "/webhooks", "/health")
 """Paths (and everything under them) that have their own checks, or none."""
 API_PREFIX = "/api"
-_TOKEN_IN_QUERY = re.compile(rf"([?&]{QUERY_PARAM}=)[^&\s]*")
+_TOKEN_IN_QUERY = re.compile(r"([?&](?:t|%74)(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)=)[^&\s]*", re.IGNORECASE)
+"""``token=`` in a query, also with its letters percent-encoded (``%74oken=``), as the login reads it."""
 
 
 class TokenAuth:
@@ -68,10 +70,10 @@ class TokenAuth:
     def _login(self, connection: HTTPConnection, offered: str) -> Response:
         url = connection.url
         if not self._matches(offered):
-            return _ask_for_token(url, wrong=True)
+            return _ask_for_token(wrong=True)
         rest = urlencode([(key, value) for key, value in connection.query_params.multi_items() if key != QUERY_PARAM])
         # relative: the address the browser used, whatever Host a proxy in front of us gives
-        response = RedirectResponse(url.path + (f"?{rest}" if rest else ""), status_code=303)
+        response = RedirectResponse(_same_server_path(url.path) + (f"?{rest}" if rest else ""), status_code=303)
         response.set_cookie(
             COOKIE, offered, httponly=True, samesite="strict", secure=url.scheme == "https", path="/",
         )
@@ -108,10 +110,10 @@ def refusal(connection: HTTPConnection) -> Response:
             status_code=401,
             headers={"www-authenticate": "Bearer"},
         )
-    return _ask_for_token(connection.url, wrong=False)
+    return _ask_for_token(wrong=False)
 
 
-def _ask_for_token(url: URL, *, wrong: bool) -> HTMLResponse:
+def _ask_for_token(*, wrong: bool) -> HTMLResponse:
     problem = "That token is not the server's API token." if wrong else "This server needs its API token."
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>steplog: API token needed</title></head>
@@ -119,16 +121,23 @@ def _ask_for_token(url: URL, *, wrong: bool) -> HTMLResponse:
 <h1>steplog</h1>
 <p>{html.escape(problem, quote=False)} It was given to <code>steplog serve</code> with <code>--api-token</code>
 (or <code>STEPLOG_API_TOKEN</code>).</p>
-<form method="get" action="{html.escape(url.path)}">
+<form method="get" action="">
 <label>API token <input type="password" name="{QUERY_PARAM}" autofocus required></label>
 <button type="submit">Open</button>
 </form>
 </body></html>
 """
-    return HTMLResponse(page, status_code=401, headers={"www-authenticate": "Bearer"})
+    headers = {
+        "www-authenticate": "Bearer",
+        "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+    }
+    return HTMLResponse(page, status_code=401, headers=headers)
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+def _same_server_path(path: str) -> str:
+    """``path`` as a link that stays on this server: ``//evil.example/`` (or with backslashes,
+    which browsers read as slashes) would name another host."""
+    return "/" + path.replace("\\", "/").lstrip("/")
 
 
 class LoopbackOnly:
@@ -146,7 +155,8 @@ class LoopbackOnly:
             await self.app(scope, receive, send)
             return
         connection = HTTPConnection(scope)
-        problem = _non_local(connection.headers.get("host", ""), connection.headers.get("origin"))
+        headers = connection.headers
+        problem = _non_local(headers.get("host", ""), headers.get("origin"), headers.get("sec-fetch-site"))
         if problem is None:
             await self.app(scope, receive, send)
             return
@@ -156,14 +166,23 @@ class LoopbackOnly:
         await JSONResponse({"ids": [], "status": 403, "error": problem}, status_code=403)(scope, receive, send)
 
 
-def _non_local(host: str, origin: str | None) -> str | None:
+def _non_local(host: str, origin: str | None, fetch_site: str | None) -> str | None:
     if not _is_loopback_name(URL(f"http://{host}/").hostname or ""):
         return f"host {host!r} is not a loopback name: this server only answers requests for localhost"
-    if origin is not None and origin != "null" and not _is_loopback_name(URL(origin).hostname or ""):
+    if fetch_site == "cross-site":
+        return f"requests from other sites' pages (Sec-Fetch-Site: {fetch_site}) are refused"
+    if origin is None or (origin == "null" and fetch_site == "same-origin"):
+        return None
+    if origin == "null" or not _is_loopback_name(URL(origin).hostname or ""):
         return f"requests from pages of {origin!r} are refused: this server only serves its own pages"
     return None
 
 
 def _is_loopback_name(hostname: str) -> bool:
     name = hostname.strip("[]").lower()
-    return name in LOOPBACK_NAMES or name.startswith("127.")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

@@ -66,6 +66,10 @@ def config_of(options: ServeOptions, environ: Mapping[str, str] = os.environ) ->
         raise ServeError(str(error)) from None
 
 
+GRACEFUL_SHUTDOWN_S = 15
+"""How long a stop waits for requests in flight before closing their connections."""
+
+
 def run(options: ServeOptions, out: TextIO = sys.stdout) -> int:
     """Check the settings, load the client, serve until a signal; returns the exit code."""
     config = config_of(options)
@@ -79,9 +83,10 @@ def run(options: ServeOptions, out: TextIO = sys.stdout) -> int:
         raise ServeError(f"the client {client.app_id!r} cannot start: {type(error).__name__}: {error}") from None
     try:
         _announce(client, config, listener, out)
-        server_config = uvicorn.Config(app, log_level="info")  # configures uvicorn's loggers
+        # configures uvicorn's loggers; a client stalled mid-request cannot hold the shutdown forever
+        server_config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
         logging.getLogger("uvicorn.access").addFilter(RedactToken())
-        serve_until_signalled(uvicorn.Server(server_config), listener)
+        serve_until_signalled(InsistentStop(server_config), listener)
     finally:
         print("steplog: stopping the engine (executing runs finish their current invocation)", file=out, flush=True)
         client.stop()
@@ -189,6 +194,16 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     return sock
+
+
+class InsistentStop(uvicorn.Server):
+    """uvicorn's server, where a second SIGTERM (not only a second SIGINT) stops at once: what
+    systemd, Docker and operators send when the graceful stop takes too long."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        super().handle_exit(sig, frame)
 
 
 def serve_until_signalled(server: uvicorn.Server, listener: socket.socket) -> None:

@@ -185,6 +185,8 @@ async def _json_body(request: Request, max_bytes: int) -> Json:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(400, f"the body is not JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "the body is not JSON this server reads: it is nested too deeply") from None
 
 
 def _json_response(payload: Json, status: int) -> Response:

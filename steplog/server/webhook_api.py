@@ -20,10 +20,13 @@ here may be retried by the sender with the same id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from datetime import datetime
 from typing import Any
 
+from anyio import CapacityLimiter, to_thread
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -123,7 +126,7 @@ async def _events(
         if webhook.is_async:
             result = await webhook.transform(value, headers, query)
         else:
-            result = await run_in_threadpool(webhook.transform, value, headers, query)
+            result = await to_thread.run_sync(webhook.transform, value, headers, query, limiter=_transforms())
     except Exception as error:
         log.warning("webhook %r: the transform raised", webhook.name, exc_info=True)
         raise RequestRefused(400, str(webhook.failed(error))) from None
@@ -144,3 +147,17 @@ def _send(client: Steplog, events: list[Event | dict[str, Any]]) -> list[str]:
     except Exception as error:
         log.exception("webhook: sending %d event(s) failed", len(events))
         raise RequestRefused(500, f"internal error: {type(error).__name__}: {error}") from None
+
+
+TRANSFORM_THREADS = 8
+"""Sync transforms run on threads of their own, at most this many at once: slow or stuck ones
+wait for each other, never for the threads that commit sends and serve the UI."""
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def _transforms() -> CapacityLimiter:
+    """The transforms' limiter of the running event loop (a limiter belongs to one loop)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _limiters:
+        _limiters[loop] = CapacityLimiter(TRANSFORM_THREADS)
+    return _limiters[loop]
