@@ -398,18 +398,20 @@ class Steplog:
     def rerun(self, run_id: str) -> str:
         """Start a new run of a run's function with the same events; returns the new run's id.
 
-        The events' flow control is not decided again (they were admitted once); concurrency and
-        priority apply to the new run. Raises RunNotFoundError for an unknown run.
+        The function's flow control starts it as any run now: singleton (a rerun while a run of
+        the key is active is skipped, or replaces it), throttle, concurrency and priority. What
+        decided about the events themselves (rate limit, idempotency, debounce, batching) is not
+        decided again. Raises RunNotFoundError for an unknown run.
         """
         self._check_running()
         done = self._ask(RerunRun(run_id))
         assert isinstance(done, Done) and done.accepted is not None
-        [run] = done.accepted.runs
         with self._recent_lock:  # runs_for_event answers as list_runs(event_id=...) does
-            for event_id in run.entry.data["event_ids"]:
-                if event_id in self._recent_runs:
-                    self._recent_runs[event_id].append(run.run_id)
-        return run.run_id
+            for run in done.accepted.runs + done.accepted.skipped:
+                for event_id in run.entry.data["event_ids"]:
+                    if event_id in self._recent_runs:
+                        self._recent_runs[event_id].append(run.run_id)
+        return str(done.value)
 
     def cancel_runs(
         self, *, function_id: str, status: str | None = None, since: Any = None, until: Any = None,
@@ -427,7 +429,7 @@ class Steplog:
 
     def _remember_runs(self, accepted: Any) -> None:
         # runs_for_event right after a send is the common path; it need not query the store.
-        held = set(accepted.held)  # a debounce or batch may start a run with these later: not final
+        held = set(accepted.held) | set(accepted.replayed)  # not final, or not known here: the store answers
         started: dict[str, list[str]] = {event_id: [] for event_id in accepted.ids if event_id not in held}
         for run in accepted.runs + accepted.skipped:
             for event_id in run.entry.data["event_ids"]:  # a batch run belongs to each of its events

@@ -25,17 +25,16 @@ from typing import Any
 
 import attrs
 from steplog.engine import records as r
-from steplog.engine.crontab import CRON_ARMED, CRON_TICKED, CronTable, Tick, cron_stream
+from steplog.engine.crontab import CRON_ARMED, CRON_DISARMED, CRON_TICKED, CronTable, Tick, cron_stream
 from steplog.engine.errors import EngineError, RunNotFoundError
 from steplog.engine.events import Event, ReceivedEvent, prepare_events
 from steplog.engine.flow.gate import FlowGate, Journal, Start
-from steplog.engine.ids import new_ulid
 from steplog.engine.functions import FunctionRegistry
 from steplog.engine.limits import Limits, for_engine_events
 from steplog.engine.pauses import CANCEL_KIND, Pause, PauseIndex
 from steplog.engine.routing import DEDUP_WINDOW, FiredEvent, Routed, ScheduledRun, dedup_key, route, route_fired
 from steplog.engine.state import FINAL_STATUSES
-from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite, parse_time
+from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite
 
 EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]
 Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
@@ -127,6 +126,8 @@ class Accepted:
     """Runs flow control recorded as skipped."""
     held: list[str] = attrs.Factory(list)
     """Events a debounce or batch holds: runs may start with them later."""
+    replayed: list[str] = attrs.Factory(list)
+    """Events of a retried seeded send, recorded by the first: what they started is in the log."""
 
 
 @attrs.frozen
@@ -228,16 +229,21 @@ class Coordinator:
     def _load_cron(self, now: datetime) -> None:
         """Plan the cron ticks; a function with no cron record yet gets one saying its schedule
         begins now (so ticks missed from then on follow its policy after a restart)."""
-        latest = {row["function_id"]: parse_time(row["scheduled_at"]) for row in self.store.query("crons")}
+        rows = self.store.query("crons")
 
         def recorded(tick: Tick) -> bool:
             return self.store.key_recorded(f"tick:{tick.event_id}", window_s=None, now=now)  # however long ago
 
-        unarmed = self.cron.load(self.registry.all(), latest, now, recorded)
-        if unarmed:
-            self.committer([Append(tuple(
-                StreamWrite(cron_stream(fn), (NewEntry(CRON_ARMED, self.cron.armed(fn, now)),)) for fn in unarmed
-            ))])
+        unarmed = self.cron.load(self.registry.all(), rows, now, recorded)
+        gone = [row["function_id"] for row in rows if not self._has_crons(row["function_id"])]
+        writes = [StreamWrite(cron_stream(fn), (NewEntry(CRON_ARMED, self.cron.armed(fn, now)),)) for fn in unarmed]
+        writes += [StreamWrite(cron_stream(fn), (NewEntry(CRON_DISARMED, {"function_id": fn}),)) for fn in gone]
+        if writes:  # a cron trigger given back later starts afresh, not from its old record
+            self.committer([Append(tuple(writes))])
+
+    def _has_crons(self, function_id: str) -> bool:
+        function = self.registry.get(function_id)
+        return function is not None and bool(function.crons)
 
     def next_due(self) -> datetime | None:
         """When the flow gate next has a debounce or batch to start, or a cron tick is due."""
@@ -315,7 +321,7 @@ class Coordinator:
             if isinstance(request, FireDue):
                 return self._plan_due(batch, now)
             if isinstance(request, RerunRun):
-                return self._plan_rerun(request, now)
+                return self._plan_rerun(request, batch, now)
             return self._plan_end(request, batch, now)
         except EngineError as error:
             return error
@@ -394,9 +400,11 @@ class Coordinator:
 
     def _plan_due(self, batch: _Batch, now: datetime) -> _Planned:
         """Start the debounces, batches and cron ticks that are due."""
-        flow = self._plan_flow_due(batch, now)
         ticks = [tick for tick in self.cron.due(now) if f"tick:{tick.event_id}" not in batch.keys]  # not planned twice
-        return _joined(flow, self._plan_ticks(ticks, batch, now)) if ticks else flow
+        ticks = ticks[: self._limits(True).events_per_send]  # the rest fire right after, in the next commit
+        sent = self._plan_ticks(ticks, batch, now) if ticks else None  # first: it may raise, and changes nothing
+        flow = self._plan_flow_due(batch, now)
+        return _joined(flow, sent) if sent is not None else flow
 
     def _plan_ticks(self, ticks: list[Tick], batch: _Batch, now: datetime) -> _Planned:
         """Each tick's event, and its ``cron.ticked`` record, committed together."""
@@ -516,10 +524,11 @@ class Coordinator:
 
         return _Planned([Append((write,))], finish)
 
-    def _plan_rerun(self, request: RerunRun, now: datetime) -> _Planned:
-        """A new run with the run's events and admission keys, ready now. The event-time flow
-        control (rate limit, debounce, batching, idempotency, singleton, throttle) decided about
-        those events already; concurrency and priority still apply when the new run executes."""
+    def _plan_rerun(self, request: RerunRun, batch: _Batch, now: datetime) -> _Planned:
+        """A new run with the run's events, as the function's flow control starts a run now:
+        singleton (skip or cancel), throttle, concurrency keys and priority are decided again from
+        the current definition; what decided about the events themselves (rate limit,
+        idempotency, debounce, batching) is not."""
         entries = self.store.read_stream(r.run_stream(request.run_id))
         if not entries or entries[0].type not in (r.RUN_SCHEDULED, r.RUN_SKIPPED):
             raise RunNotFoundError(f"no run {request.run_id!r}")
@@ -529,20 +538,25 @@ class Coordinator:
             raise RunNotFoundError(
                 f"run {request.run_id!r} belongs to function {original['function_id']!r}, which is not defined now"
             )
-        flow = {key: value for key, value in original.get("flow", {}).items() if key != "singleton"}
+        effects = _Effects()
+        errors: list[str] = []
         received = tuple(zip(original["event_ids"], original["events"]))
-        action = Start(new_ulid(now), function.id, received, now, flow, [])
-        routed = route_fired(action, function, now)
-        run = attrs.evolve(routed.runs[0], entry=NewEntry(
-            r.RUN_SCHEDULED, {**routed.runs[0].entry.data, "rerun_of": request.run_id}
-        ))
-        write = StreamWrite(r.run_stream(run.run_id), (run.entry,), expected_version=0)
+        action = self.flow.start(function.id, function.flow, received, now, effects.journal, errors)
+        if errors and isinstance(action, Start):
+            action = attrs.evolve(action, errors=tuple(errors))
+        one = _as_rerun(route_fired(action, function, now), request.run_id)
+        signals = self._replace(one, batch, effects)
+        if signals:
+            one = attrs.evolve(one, append=attrs.evolve(one.append, writes=one.append.writes + signals))
+        self._listen(one.runs, effects)
+        planned = self._planned_with_finished([one], effects, batch, now)
+        run_id = (one.runs or one.skipped)[0].run_id
 
-        def finish(_results: list[Committed | ConcurrencyError]) -> Answer:
-            self.pauses.add_all(run.pauses)
-            return Done(run.run_id, Accepted([], [run], []))
+        def finish(results: list[Committed | ConcurrencyError]) -> Answer:
+            answer = planned.finish(results)
+            return Done(run_id, answer) if isinstance(answer, Accepted) else answer
 
-        return _Planned([Append((write,))], finish)
+        return _Planned(planned.appends, finish, planned.undo)
 
     def _plan_end(self, request: EndRun, batch: _Batch, now: datetime) -> _Planned:
         released = self.pauses.remove_run(request.run_id)
@@ -589,6 +603,24 @@ class Coordinator:
 _UNRESOLVED = object()
 
 
+def _as_rerun(routed: Routed, rerun_of: str) -> Routed:
+    """The routed start or skip of a rerun, its run entry noting which run it repeats."""
+    marked: dict[str, ScheduledRun] = {}
+    for run in routed.runs + routed.skipped:
+        marked[r.run_stream(run.run_id)] = attrs.evolve(
+            run, entry=NewEntry(run.entry.type, {**run.entry.data, "rerun_of": rerun_of})
+        )
+    writes = tuple(
+        attrs.evolve(write, entries=(marked[write.stream].entry,)) if write.stream in marked else write
+        for write in routed.append.writes
+    )
+    return attrs.evolve(
+        routed, append=attrs.evolve(routed.append, writes=writes),
+        runs=tuple(marked[r.run_stream(run.run_id)] for run in routed.runs),
+        skipped=tuple(marked[r.run_stream(run.run_id)] for run in routed.skipped),
+    )
+
+
 def _joined(first: _Planned, then: _Planned) -> _Planned:
     """Two planned sends as one item: the second's events (invokes failed because flow control
     skipped their runs) are committed with the first's, and the runs they wake are the first's."""
@@ -615,6 +647,7 @@ def _accepted(
     skipped: list[ScheduledRun] = []
     duplicates: list[str] = []
     held: list[str] = []
+    replayed: list[str] = []
     ids: list[str] = []
     for item, result in zip(routed, results):
         if isinstance(result, ConcurrencyError):
@@ -624,14 +657,17 @@ def _accepted(
             skipped.extend(item.skipped)
             continue
         ids.append(item.received.internal_id)
-        if not item.append.writes or result.duplicate_of is not None or item.append.writes[0].entries[0].type == r.EVENT_DUPLICATE:
+        if not item.append.writes:
+            duplicates.append(item.received.internal_id)
+            replayed.append(item.received.internal_id)
+        elif result.duplicate_of is not None or item.append.writes[0].entries[0].type == r.EVENT_DUPLICATE:
             duplicates.append(item.received.internal_id)
         else:
             runs.extend(item.runs)
             skipped.extend(item.skipped)
             if item.held:
                 held.append(item.received.internal_id)
-    return Accepted(ids, runs, duplicates, wakes, skipped, held)
+    return Accepted(ids, runs, duplicates, wakes, skipped, held, replayed)
 
 
 def _json_load(text: Any) -> Any:

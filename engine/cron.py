@@ -65,9 +65,8 @@ class CronSchedule:
     def _instants(self, moment: datetime, *, forward: bool) -> Iterator[datetime]:
         """Fire instants strictly after (or before) ``moment``, nearest first."""
         moment = moment.astimezone(UTC)
-        start = moment
-        if self._near_offset_change(moment):
-            start = moment - _DST_LOOKAROUND if forward else moment + _DST_LOOKAROUND
+        reach = self._offset_change_near(moment)  # how far a wall time's instant can be out of order
+        start = moment - reach if forward else moment + reach
         walls = croniter(self.expression, start.astimezone(self.zone).replace(tzinfo=None))
         found: list[datetime] = []
         while True:
@@ -77,7 +76,7 @@ class CronSchedule:
                 {*found, *(c for c in candidates if (c > moment if forward else c < moment))}, reverse=not forward
             )
             # a later wall time may map to an earlier instant near a change: only yield what is settled
-            settled_before = self._as_utc(wall, fold=0) - (_DST_LOOKAROUND if forward else -_DST_LOOKAROUND)
+            settled_before = self._as_utc(wall, fold=0) - (reach if forward else -reach)
             while found and (found[0] <= settled_before if forward else found[0] >= settled_before):
                 yield found.pop(0)
             if len(found) > 0 and not self._near_offset_change(found[0]):
@@ -98,11 +97,15 @@ class CronSchedule:
         return self._as_utc(wall, fold=0).astimezone(self.zone).replace(tzinfo=None) == wall
 
     def _near_offset_change(self, moment: datetime) -> bool:
+        return bool(self._offset_change_near(moment))
+
+    def _offset_change_near(self, moment: datetime) -> timedelta:
+        """The size of the offset change within 3 hours of ``moment`` (zero if none)."""
         if self.zone is UTC:
-            return False
-        before = (moment - _DST_LOOKAROUND).astimezone(self.zone).utcoffset()
-        after = (moment + _DST_LOOKAROUND).astimezone(self.zone).utcoffset()
-        return before != after
+            return timedelta(0)
+        before = (moment - _DST_LOOKAROUND).astimezone(self.zone).utcoffset() or timedelta(0)
+        after = (moment + _DST_LOOKAROUND).astimezone(self.zone).utcoffset() or timedelta(0)
+        return abs(after - before)
 
 
 def parse_cron(source: object) -> CronSchedule:
@@ -122,6 +125,7 @@ def parse_cron(source: object) -> CronSchedule:
             f"cron {source!r} has {len(fields)} fields; it needs 5 (minute hour day-of-month month day-of-week),"
             " optionally after 'TZ=<zone> '"
         )
+    _refuse_random_fields(source, fields)
     schedule = CronSchedule(source, expression, zone, fields[1] == "*")
     try:
         croniter(expression, datetime(2000, 1, 1))
@@ -132,6 +136,16 @@ def parse_cron(source: object) -> CronSchedule:
     except (KeyError, ValueError) as error:
         raise CronError(f"cron {source!r} is not a valid cron expression: {error}") from None
     return schedule
+
+
+def _refuse_random_fields(source: str, fields: list[str]) -> None:
+    """croniter's ``R`` (random) and ``H`` (hashed) fields pick their value anew on every lookup:
+    a schedule must give the same instants every time it is asked."""
+    for field in fields:
+        for part in field.split(","):
+            head = part.split("/")[0].upper()
+            if head in ("R", "H") or head.startswith(("R(", "H(")):
+                raise CronError(f"cron {source!r}: {part!r} (random or hashed values) is not supported")
 
 
 def _split_zone(text: str) -> tuple[tzinfo, str]:

@@ -17,15 +17,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 from steplog.engine.functions import FunctionDef
 from steplog.engine.triggers import CompiledCron
-from steplog.eventstore import format_time
+from steplog.eventstore import format_time, parse_time
 
 CRON_EVENT = "inngest/scheduled.timer"
 CRON_TICKED = "cron.ticked"
 CRON_ARMED = "cron.armed"
+CRON_DISARMED = "cron.disarmed"
 TICKS_PER_FIRE = 1000
 """At most this many ticks of one function fire in one commit; the rest fire right after."""
 
@@ -92,14 +94,19 @@ class CronTable:
         self._latest: dict[str, datetime] = {}
 
     def load(
-        self, functions: Iterable[FunctionDef], latest: dict[str, datetime], now: datetime,
+        self, functions: Iterable[FunctionDef], rows: Iterable[dict[str, Any]], now: datetime,
         recorded: Callable[[Tick], bool],
     ) -> list[str]:
-        """Plan every cron function's ticks from its latest recorded one (at start); ``recorded``
-        tells whether a tick's event is in the log. Returns the functions with no record: their
-        schedule begins now, and the caller records that (``armed``)."""
+        """Plan every cron function's ticks from its latest recorded one (the ``crons`` rows, at
+        start); ``recorded`` tells whether a tick's event is in the log. Returns the functions
+        whose schedule begins now: new ones, and those whose cron triggers changed (their old
+        schedule's record says nothing about the new one). The caller records that (``armed``)."""
         self._crons = {fn.id: fn.crons for fn in functions if fn.crons}
         self._pending, self._upcoming, self._latest = {}, {}, {}
+        latest = {
+            row["function_id"]: parse_time(row["scheduled_at"]) for row in rows
+            if row["function_id"] in self._crons and row["schedule"] == schedule_of(self._crons[row["function_id"]])
+        }
         unarmed = []
         for function_id, crons in self._crons.items():
             last = latest.get(function_id)
@@ -115,7 +122,8 @@ class CronTable:
 
     def armed(self, function_id: str, now: datetime) -> dict[str, object]:
         """The ``cron.armed`` entry's data: the schedule of a function begins now."""
-        return {"function_id": function_id, "scheduled_at": format_time(now), "fire_at": None, "event_id": None}
+        return {"function_id": function_id, "scheduled_at": format_time(now), "fire_at": None, "event_id": None,
+                "schedule": schedule_of(self._crons[function_id])}
 
     def next_due(self) -> datetime | None:
         for function_id in self._crons:
@@ -144,7 +152,8 @@ class CronTable:
         the schedule resumes at start (a jittered tick may fire after a later one)."""
         latest = max(self._latest.get(tick.function_id, tick.scheduled_at), tick.scheduled_at)
         self._latest[tick.function_id] = latest
-        return {**tick.record(), "scheduled_at": format_time(latest), "tick": format_time(tick.scheduled_at)}
+        return {**tick.record(), "scheduled_at": format_time(latest), "tick": format_time(tick.scheduled_at),
+                "schedule": schedule_of(self._crons[tick.function_id])}
 
     def _generate(self, function_id: str, crons: tuple[CompiledCron, ...]) -> None:
         tick = self._upcoming[function_id]
@@ -204,6 +213,11 @@ class CronTable:
         firing = [cron for cron in crons if cron.schedule.latest_at_or_before(scheduled) == scheduled]
         delay = min(_jitter(function_id, scheduled, cron.jitter) for cron in firing)
         return Tick(function_id, scheduled, scheduled + delay, tuple(cron.trigger.cron for cron in firing))
+
+
+def schedule_of(crons: tuple[CompiledCron, ...]) -> str:
+    """A function's cron triggers as one text: a record made under other triggers does not apply."""
+    return "\n".join(sorted(cron.trigger.cron for cron in crons))
 
 
 def _strictest(crons: tuple[CompiledCron, ...]) -> str:

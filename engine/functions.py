@@ -127,12 +127,13 @@ def _trigger_list(trigger: object, fn_id: str) -> list[object]:
 
 
 def _compile_crons(triggers: list[TriggerCron], fn_id: str) -> tuple[CompiledCron, ...]:
+    compiled = tuple(compile_cron(t, fn_id) for t in triggers)
     seen: set[str] = set()
     for trigger in triggers:
         if trigger.cron in seen:
             raise DefinitionError(f"function {fn_id!r}: cron {trigger.cron!r} is given twice")
-        seen.add(trigger.cron if isinstance(trigger.cron, str) else repr(trigger.cron))
-    return tuple(compile_cron(t, fn_id) for t in triggers)
+        seen.add(trigger.cron)
+    return compiled
 
 
 def _retry_policy(retries: object, fn_id: str) -> RetryPolicy:

@@ -95,7 +95,7 @@ BATCHED = Table(
 CRONS = Table(
     "crons",
     key=("function_id",),
-    columns={"function_id": str, "scheduled_at": str, "fire_at": str, "event_id": str},
+    columns={"function_id": str, "scheduled_at": str, "fire_at": str, "event_id": str, "schedule": str},
 )
 PAUSE_KINDS = ("wait", "invoke")
 
@@ -183,7 +183,7 @@ def _batch_flushed(entry: Entry, _id: str) -> list[Change]:
 
 
 def _cron_row(data: dict[str, Any]) -> dict[str, Any]:
-    return {column: data.get(column) for column in ("function_id", "scheduled_at", "fire_at", "event_id")}
+    return {column: data.get(column) for column in ("function_id", "scheduled_at", "fire_at", "event_id", "schedule")}
 
 
 def _pause_row(pause: dict[str, Any], recorded_at: str) -> Upsert:
@@ -283,6 +283,7 @@ _HANDLERS: dict[str, Any] = {
     "batch.flushed": _batch_flushed,
     "cron.ticked": lambda entry, _id: [Upsert("crons", _cron_row(entry.data))],
     "cron.armed": lambda entry, _id: [Upsert("crons", _cron_row(entry.data))],
+    "cron.disarmed": lambda entry, _id: [Delete("crons", {"function_id": entry.data["function_id"]})],
     r.RUN_STARTED: _started,
     r.RUN_RESUMED: _resumed,
     r.STEP_ERRORED: _errored,

@@ -321,8 +321,9 @@ def test_cancel_rules_apply_to_the_rerun(db: str) -> None:
         consistent(client)
 
 
-def test_rerun_of_a_run_singleton_skipped_runs_it(db: str) -> None:
-    """Event-time flow control decided about the events once; the rerun is not skipped again."""
+def test_a_rerun_follows_singleton_while_the_key_is_active(db: str) -> None:
+    """A rerun starts as any run of the function now: skipped while a run of its singleton key is
+    active, started once that run ended."""
     client = steplog.Steplog(db=db, clock=steplog.ManualClock(START))
 
     @client.create_function(fn_id="single", trigger=steplog.TriggerEvent(event="app/single"),
@@ -337,12 +338,16 @@ def test_rerun_of_a_run_singleton_skipped_runs_it(db: str) -> None:
         client.run_until_idle()
         skipped = only_run(client, second)
         assert skipped.status == "skipped"
+        while_active = client.rerun(skipped.run_id)
+        client.run_until_idle()
+        assert client.run(while_active).status == "skipped"
+        client.advance(HOUR)
+        assert only_run(client, first).result(timeout=WAIT) == 1
         new_run_id = client.rerun(skipped.run_id)
         client.run_until_idle()
         assert client.run(new_run_id).status == "waiting"
         client.advance(HOUR)
         assert client.run(new_run_id).result(timeout=WAIT) == 2
-        assert only_run(client, first).result(timeout=WAIT) == 1
         consistent(client)
 
 
