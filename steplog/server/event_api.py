@@ -76,10 +76,14 @@ async def _receive(request: Request, client: Steplog, config: ServerConfig) -> l
     _check_key(request.path_params.get("event_key"), config)
     seed = _seed_of(request)
     body = await read_body(request, config.max_body_bytes)
+    return await run_in_threadpool(_parse_and_send, client, body, seed)  # parsing a big body must not stall the loop
+
+
+def _parse_and_send(client: Steplog, body: bytes, seed: str | None) -> list[str]:
     events = parse_events(body)
     if len(events) > client.limits.events_per_send:
         raise RequestRefused(413, f"the body holds {len(events)} events; the limit is {client.limits.events_per_send}")
-    return await run_in_threadpool(_send, client, events, seed)
+    return _send(client, events, seed)
 
 
 def _check_key(key: str | None, config: ServerConfig) -> None:
