@@ -403,7 +403,12 @@ class Coordinator:
         ticks = [tick for tick in self.cron.due(now) if f"tick:{tick.event_id}" not in batch.keys]  # not planned twice
         ticks = ticks[: self._limits(True).events_per_send]  # the rest fire right after, in the next commit
         sent = self._plan_ticks(ticks, batch, now) if ticks else None  # first: it may raise, and changes nothing
-        flow = self._plan_flow_due(batch, now)
+        try:
+            flow = self._plan_flow_due(batch, now)
+        except BaseException:
+            if sent is not None:
+                sent.undo()  # the ticks' runs were listening for their cancel events
+            raise
         return _joined(flow, sent) if sent is not None else flow
 
     def _plan_ticks(self, ticks: list[Tick], batch: _Batch, now: datetime) -> _Planned:
