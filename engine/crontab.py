@@ -2,10 +2,12 @@
 
 It lives in the coordinator, beside the flow gate, and is driven the same way: ``next_due`` arms
 the timer, and when a tick is due the coordinator sends its ``inngest/scheduled.timer`` event
-with a ``cron.ticked`` entry in ``cron/<function>``, in one append. At start the table is
-rebuilt from the ``crons`` projection (each function's latest tick); the ticks that passed while
-the engine was down are handled by the trigger's ``missed`` policy. While the engine runs, every
-tick fires, however late its timer comes: a late tick was not missed.
+with a ``cron.ticked`` entry in ``cron/<function>``, in one commit. At start the table is
+rebuilt from the ``crons`` projection: where each function's schedule resumes (its latest
+scheduled time fired, or ``cron.armed``: when the engine first started with that schedule; a
+changed schedule is armed afresh, a removed one ``cron.disarmed``). The ticks that passed while
+the engine was down follow the trigger's ``missed`` policy. While the engine runs, every tick
+fires, however late its timer comes: a late tick was not missed.
 
 A tick's event id is ``cron:<function>:<scheduled time>``: the 24-hour deduplication of event ids
 makes sure a tick starts one run even if it were planned twice. Several cron triggers of one
