@@ -50,6 +50,8 @@ from steplog.engine import (
     queries,
 )
 from steplog.engine.coordination import Accepted, Answer, CancelRun, Done, FireDue, Request, RerunRun, SendEvents
+from steplog.engine.errors import EventError, FunctionNotFoundError
+from steplog.engine.events import prepare_events
 from steplog.engine.flow import (
     Batch,
     Concurrency,
@@ -60,7 +62,9 @@ from steplog.engine.flow import (
     Singleton,
     Throttle,
 )
+from steplog.engine.ids import new_ulid
 from steplog.engine.service import EventInput
+from steplog.engine.system_events import invoked_event
 from steplog.engine.webhooks import Transform, WebhookDef, WebhookRegistry, define_webhook
 from steplog.eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
 
@@ -394,6 +398,24 @@ class Steplog:
         answer = self._ask(CancelRun(run_id, reason))
         assert isinstance(answer, Done)
         return bool(answer.value)
+
+    def invoke(self, function_id: str, data: dict[str, Any] | None = None) -> SentIds:
+        """Start a run of a function now with ``data``, whatever its triggers (the dev UI's Invoke):
+        sends ``inngest/function.invoked`` for it, as ``step.invoke`` does but with nobody waiting
+        for the result. Returns the event's id; its flow control applies as to any event.
+        Raises FunctionNotFoundError for an unknown function, EventError for data that is not a
+        JSON object or is over the event size limit."""
+        self._check_running()
+        if self.registry.get(function_id) is None:
+            raise FunctionNotFoundError(f"no function {function_id!r}")
+        if data is not None and not isinstance(data, dict):
+            raise EventError(f"invoke data must be a JSON object, got {type(data).__name__}")
+        event = invoked_event(function_id, data or {}, f"invoke-{new_ulid(self.clock.now())}")
+        prepare_events(event, now=self.clock.now(), limits=self.limits, allow_reserved=True)  # the user's limits
+        accepted = self._ask(SendEvents([event], internal=True))
+        assert isinstance(accepted, Accepted)
+        self._remember_runs(accepted)
+        return SentIds(accepted.ids)
 
     def rerun(self, run_id: str) -> str:
         """Start a new run of a run's function with the same events; returns the new run's id.

@@ -13,11 +13,13 @@ JSON::
     GET  /api/runs/{id}                  a run, its trigger events and its timeline: each step and attempt,
                                          sleeps, waits and what matched them, invoked runs, signals
     GET  /api/functions                  each function's triggers, retries, cancel rules, timeouts, flow control
+    POST /api/functions/{id}/invoke      run it now, whatever its triggers: {"data": {...}} (optional) sent as
+                                         its ``inngest/function.invoked`` event; {"ids", "runs"}
     POST /api/events                     send one event (or a list): {"ids", "runs"}; 400 with the engine's message
     POST /api/runs/{id}/cancel           {"cancelled": false if it had already ended}
     POST /api/runs/{id}/rerun            {"run_id": the new run}
 
-Errors are ``{"error": message}``: 400 for a bad filter or event, 404 for an unknown run or event, 415 for
+Errors are ``{"error": message}``: 400 for a bad filter or event, 404 for an unknown run, event or function, 415 for
 a POST that is not JSON, 413 for a body over ``max_body_bytes``, 503 once the engine has stopped.
 
 Refreshing: the page polls ``/api/changes`` about once a second and refetches its view only when the
@@ -109,6 +111,7 @@ def routes(client: Steplog, config: ServerConfig) -> list[BaseRoute]:
         Route("/api/runs/{run_id}/cancel", endpoint(api.cancel), methods=["POST"]),
         Route("/api/runs/{run_id}/rerun", endpoint(api.rerun), methods=["POST"]),
         Route("/api/functions", endpoint(api.functions), methods=["GET"]),
+        Route("/api/functions/{fn_id}/invoke", endpoint(api.invoke), methods=["POST"]),
     ]
 
 
@@ -256,6 +259,23 @@ class UiApi:
         if not isinstance(body, (dict, list)) or not body:
             raise ApiError(400, 'send an event as a JSON object, e.g. {"name": "app/user.created", "data": {}}')
         ids = self.client.send(body)
+        runs = [handle.run_id for event_id in ids for handle in self.client.runs_for_event(event_id)]
+        return {"ids": list(ids), "runs": runs}
+
+    def invoke(self, request: Request, body: Json) -> Json:
+        """Start a run of a function now, as ``step.invoke`` would, whatever its triggers (a cron's too).
+        """
+        fn_id = str(request.path_params["fn_id"])
+        if self.client.registry.get(fn_id) is None:
+            raise ApiError(404, f"no function {fn_id!r}")
+        if body is not None and not isinstance(body, dict):
+            raise ApiError(400, 'send a JSON object, e.g. {"data": {}}')
+        data = (body or {}).get("data", {})
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ApiError(400, "data must be a JSON object")
+        ids = self.client.invoke(fn_id, data)
         runs = [handle.run_id for event_id in ids for handle in self.client.runs_for_event(event_id)]
         return {"ids": list(ids), "runs": runs}
 

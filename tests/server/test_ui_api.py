@@ -64,6 +64,10 @@ def define_functions(client: steplog.Steplog) -> None:
     def caller(ctx: steplog.Context) -> Any:
         return ctx.step.invoke("twice", function=double, data={"n": 21})
 
+    @client.create_function(fn_id="yearly", trigger=steplog.TriggerCron("0 0 1 1 *"))
+    def yearly(ctx: steplog.Context) -> Any:
+        return {"event": ctx.event.name, "data": ctx.event.data}
+
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[steplog.Steplog]:
@@ -328,12 +332,57 @@ def test_an_unknown_run_is_a_404(http: httpx.Client) -> None:
     assert response.status_code == 404 and "no-such-run" in response.json()["error"]
 
 
+def invoke(http: httpx.Client, fn_id: str, body: Any) -> dict[str, Any]:
+    response = http.post(f"/api/functions/{fn_id}/invoke", json=body)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def test_invoke_runs_a_cron_function_now_with_the_data_given(http: httpx.Client) -> None:
+    answer = invoke(http, "yearly", {"data": {"reason": "by hand"}})
+    [event_id] = answer["ids"]
+    [run_id] = answer["runs"]
+    detail = wait_for_status(http, run_id, {"completed"})
+    assert detail["run"]["function_id"] == "yearly"
+    output = detail["run"]["output"]
+    assert output["event"] == "inngest/function.invoked"
+    assert output["data"]["reason"] == "by hand"
+    assert output["data"]["_inngest"]["fn_id"] == "yearly"
+    assert detail["invoked_by"] is None  # no run waits for it
+    assert [run["run_id"] for run in http.get(f"/api/events/{event_id}").json()["runs"]] == [run_id]
+
+
+def test_invoke_runs_an_event_function_whatever_its_trigger(http: httpx.Client) -> None:
+    [run_id] = invoke(http, "greet", {"data": {"name": "Ada"}})["runs"]
+    detail = wait_for_status(http, run_id, {"completed"})
+    assert detail["run"]["output"] == "hello Ada"
+    assert [event["name"] for event in detail["events"]] == ["inngest/function.invoked"]
+    empty = http.post("/api/functions/yearly/invoke", headers=JSON_HEADERS)  # no body: empty data
+    assert empty.status_code == 200, empty.text
+    [run_id] = empty.json()["runs"]
+    data = wait_for_status(http, run_id, {"completed"})["run"]["output"]["data"]
+    assert set(data) == {"_inngest"} and data["_inngest"]["correlation_id"].startswith("invoke-")
+
+
+def test_invoke_refuses_data_that_is_not_an_object_and_unknown_functions(http: httpx.Client) -> None:
+    for body in ({"data": [1, 2]}, {"data": "text"}, [1]):
+        response = http.post("/api/functions/yearly/invoke", json=body)
+        assert response.status_code == 400, body
+        assert "error" in response.json()
+    response = http.post("/api/functions/nope/invoke", json={"data": {}})
+    assert response.status_code == 404 and "nope" in response.json()["error"]
+    refused = http.post("/api/functions/yearly/invoke", content=b'{"data": {}}', headers={"Content-Type": "text/plain"})
+    assert refused.status_code == 415
+    assert http.get("/api/runs?function=yearly").json() == []
+
+
 # -- functions and changes ------------------------------------------------------------------------
 
 
 def test_functions_show_triggers_retries_and_flow_control(http: httpx.Client) -> None:
     functions = {function["id"]: function for function in http.get("/api/functions").json()}
-    assert set(functions) == {"greet", "nap", "declined", "flaky", "approve", "double", "caller"}
+    assert set(functions) == {"greet", "nap", "declined", "flaky", "approve", "double", "caller", "yearly"}
     greet = functions["greet"]
     assert greet["triggers"] == [{"event": "app/user.created", "expression": None}]
     assert greet["retries"] == 4

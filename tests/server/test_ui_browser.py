@@ -71,6 +71,10 @@ def define_functions(client: steplog.Steplog) -> None:
         approval = ctx.step.wait_for_event("approval", event="app/order.approved", match="data.order", timeout="1h")
         return approval.data if approval is not None else None
 
+    @client.create_function(fn_id="yearly", trigger=steplog.TriggerCron("0 0 1 1 *"))
+    def yearly(ctx: steplog.Context) -> Any:
+        return ctx.step.run("report", lambda: f"{ctx.event.name} {ctx.event.data['who']}")
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
@@ -286,6 +290,30 @@ def test_a_wait_shows_the_event_that_matched_it(page: Any, client: steplog.Stepl
     expect(page.locator("h1")).to_have_text("app/order.approved")
     expect(page.locator("tr.row")).to_contain_text("resumed")
     expect(page.locator("dl.meta")).to_contain_text(reply)
+
+
+def test_invoke_a_cron_function_from_its_card(page: Any, client: steplog.Steplog, allowed_console: list[str]) -> None:
+    allowed_console.append("status of 400 (Bad Request)")  # the refused data below
+    page.goto("/functions")
+    card = page.locator('article[data-function="yearly"]')
+    expect(card).to_contain_text("0 0 1 1 *")
+    expect(card.get_by_role("button", name="Send test event…")).to_have_count(0)
+    card.get_by_role("button", name="Invoke…").click()
+    dialog = page.locator("#invoke-dialog")
+    expect(dialog).to_be_visible()
+    assert '"data": {}' in page.locator("#invoke-body").input_value()
+    page.locator("#invoke-body").fill('{"data": [1]}')
+    page.get_by_role("button", name="Invoke", exact=True).click()
+    expect(page.locator("#invoke-error")).to_contain_text("object")  # refused: the dialog stays open
+    page.locator("#invoke-body").fill('{"data": {"who": "Ada"}}')
+    page.get_by_role("button", name="Invoke", exact=True).click()
+    expect(dialog).to_be_hidden()
+
+    expect(page).to_have_url(re.compile(r"/runs/\w+$"))
+    expect(run_status(page)).to_have_text("completed")
+    expect(step(page, "report").locator(".step-preview")).to_have_text("inngest/function.invoked Ada")
+    [run] = client.list_runs(function_id="yearly")
+    assert page.url.endswith(f"/runs/{run['run_id']}")
 
 
 def test_rerun_from_the_page_starts_a_new_run(page: Any, client: steplog.Steplog) -> None:

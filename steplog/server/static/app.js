@@ -696,7 +696,9 @@ function functionCard(fn) {
       h("div", { class: "actions" },
         link(`/runs${query({ function: fn.id })}`, "Runs"),
         eventTrigger ? h("button", { type: "button", class: "button small", text: "Send test event…",
-          onclick: () => openSend({ name: eventTrigger.event, data: {} }) }) : null)),
+          onclick: () => openSend({ name: eventTrigger.event, data: {} }) }) : null,
+        h("button", { type: "button", class: "button small", "data-invoke": fn.id, text: "Invoke…",
+          title: "Run it now with the data you give, whatever its triggers", onclick: () => openInvoke(fn) }))),
     h("dl", { class: "meta compact" },
       field("Triggers", h("ul", { class: "triggers" }, (fn.triggers || []).map(triggerItem))),
       field("Retries", `${fn.retries} (${fn.retries + 1} attempts per step)`),
@@ -786,6 +788,77 @@ function setUpSendDialog() {
   document.getElementById("send-body").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) submitSend(event);
   });
+}
+
+// -- the invoke dialog (built here: index.html has only the send dialog) ------------------------
+
+function invokeDialog() {
+  let dialog = document.getElementById("invoke-dialog");
+  if (dialog) return dialog;
+  const close = () => dialog.close();
+  const body = h("textarea", { id: "invoke-body", class: "code-input", rows: 10, spellcheck: "false", autocomplete: "off",
+    "aria-label": "Invoke JSON" });
+  body.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) submitInvoke(event);
+  });
+  dialog = h("dialog", { id: "invoke-dialog", class: "dialog", "aria-labelledby": "invoke-title" },
+    h("form", { id: "invoke-form", method: "dialog", onsubmit: submitInvoke },
+      h("h2", { id: "invoke-title" }, "Invoke ", h("span", { id: "invoke-function", class: "mono" })),
+      h("p", { class: "hint" }, "Runs the function now, whatever its triggers, with an ",
+        h("code", { text: "inngest/function.invoked" }), " event whose ", h("code", { text: "data" }),
+        " is the object you give."),
+      body,
+      h("p", { id: "invoke-error", class: "form-error", role: "alert" }),
+      h("div", { class: "dialog-buttons" },
+        h("span", { class: "hint" }, h("kbd", { text: "Ctrl" }), "+", h("kbd", { text: "Enter" }), " invokes, ",
+          h("kbd", { text: "Esc" }), " closes"),
+        h("button", { type: "button", class: "button", id: "invoke-cancel", text: "Cancel", onclick: close }),
+        h("button", { type: "submit", class: "button primary", id: "invoke-submit", text: "Invoke" }))));
+  document.body.append(dialog);
+  return dialog;
+}
+
+function openInvoke(fn) {
+  const dialog = invokeDialog();
+  dialog.dataset.function = fn.id;
+  document.getElementById("invoke-function").textContent = fn.name || fn.id;
+  const body = document.getElementById("invoke-body");
+  body.value = JSON.stringify({ data: {} }, null, 2);
+  document.getElementById("invoke-error").textContent = "";
+  document.getElementById("invoke-submit").disabled = false;
+  if (!dialog.open) dialog.showModal();
+  body.focus();
+}
+
+async function submitInvoke(event) {
+  event.preventDefault();
+  const dialog = document.getElementById("invoke-dialog");
+  const error = document.getElementById("invoke-error");
+  const submit = document.getElementById("invoke-submit");
+  const text = document.getElementById("invoke-body").value;
+  try {
+    JSON.parse(text);
+  } catch (problem) {
+    error.textContent = `Not JSON: ${problem.message}`;
+    return;
+  }
+  submit.disabled = true;
+  error.textContent = "";
+  try {
+    const fnId = dialog.dataset.function;
+    const answer = await api(`/api/functions/${encodeURIComponent(fnId)}/invoke`, { method: "POST", body: text });
+    dialog.close();
+    if (answer.runs.length) {
+      navigate(`/runs/${encodeURIComponent(answer.runs[0])}`);
+    } else {
+      toast(`Invoked ${fnId}; no run started (flow control held or skipped it).`);
+      refresh();
+    }
+  } catch (problem) {
+    error.textContent = problem.message;
+  } finally {
+    submit.disabled = false;
+  }
 }
 
 // -- keyboard -----------------------------------------------------------------------------------
