@@ -112,6 +112,7 @@ class CronTable:
         unarmed = []
         for function_id, crons in self._crons.items():
             last = latest.get(function_id)
+            pending: list[Tick]
             if last is None:
                 unarmed.append(function_id)
                 pending, upcoming = [], self._tick_after(function_id, crons, now)
