@@ -755,10 +755,21 @@ function openSend(event) {
 }
 
 async function submitSend(event) {
+  await submitJsonDialog(event, "send", "/api/events", (answer) => {
+    const started = answer.runs.length;
+    toast(`Sent ${answer.ids.length === 1 ? "1 event" : `${answer.ids.length} events`}; ${started === 1 ? "1 run" : `${started} runs`} started. `,
+      answer.runs.slice(0, 3).map((runId) => [idLink(`/runs/${encodeURIComponent(runId)}`, runId), " "]));
+    refresh();
+  });
+}
+
+// Posts a dialog's JSON (elements `<prefix>-body`, `-error`, `-submit`, `-dialog`); closes it and calls
+// `done` with the answer, or shows what went wrong in the dialog, which stays open.
+async function submitJsonDialog(event, prefix, path, done) {
   event.preventDefault();
-  const error = document.getElementById("send-error");
-  const submit = document.getElementById("send-submit");
-  const text = document.getElementById("send-body").value;
+  const error = document.getElementById(`${prefix}-error`);
+  const submit = document.getElementById(`${prefix}-submit`);
+  const text = document.getElementById(`${prefix}-body`).value;
   try {
     JSON.parse(text);
   } catch (problem) {
@@ -768,12 +779,9 @@ async function submitSend(event) {
   submit.disabled = true;
   error.textContent = "";
   try {
-    const answer = await api("/api/events", { method: "POST", body: text });
-    document.getElementById("send-dialog").close();
-    const started = answer.runs.length;
-    toast(`Sent ${answer.ids.length === 1 ? "1 event" : `${answer.ids.length} events`}; ${started === 1 ? "1 run" : `${started} runs`} started. `,
-      answer.runs.slice(0, 3).map((runId) => [idLink(`/runs/${encodeURIComponent(runId)}`, runId), " "]));
-    refresh();
+    const answer = await api(path, { method: "POST", body: text });
+    document.getElementById(`${prefix}-dialog`).close();
+    done(answer);
   } catch (problem) {
     error.textContent = problem.message;
   } finally {
@@ -831,34 +839,15 @@ function openInvoke(fn) {
 }
 
 async function submitInvoke(event) {
-  event.preventDefault();
-  const dialog = document.getElementById("invoke-dialog");
-  const error = document.getElementById("invoke-error");
-  const submit = document.getElementById("invoke-submit");
-  const text = document.getElementById("invoke-body").value;
-  try {
-    JSON.parse(text);
-  } catch (problem) {
-    error.textContent = `Not JSON: ${problem.message}`;
-    return;
-  }
-  submit.disabled = true;
-  error.textContent = "";
-  try {
-    const fnId = dialog.dataset.function;
-    const answer = await api(`/api/functions/${encodeURIComponent(fnId)}/invoke`, { method: "POST", body: text });
-    dialog.close();
+  const fnId = document.getElementById("invoke-dialog").dataset.function;
+  await submitJsonDialog(event, "invoke", `/api/functions/${encodeURIComponent(fnId)}/invoke`, (answer) => {
     if (answer.runs.length) {
       navigate(`/runs/${encodeURIComponent(answer.runs[0])}`);
     } else {
       toast(`Invoked ${fnId}; no run started (flow control held or skipped it).`);
       refresh();
     }
-  } catch (problem) {
-    error.textContent = problem.message;
-  } finally {
-    submit.disabled = false;
-  }
+  });
 }
 
 // -- keyboard -----------------------------------------------------------------------------------
