@@ -243,6 +243,8 @@ class Step(_StepCore):
         key, record, done = self._begin(step_id)
         if done:
             return self._replayed(key, record)
+        if self._invocation.hooks is not None:
+            handler = self._invocation.hooks.body(self._invocation, step_id, key, handler)
         started = self._invocation.clock.now()
         try:
             value = handler(*args, **kwargs)
@@ -296,6 +298,8 @@ class AsyncStep(_StepCore):
         if done:
             return self._replayed(key, record)
         invocation = self._invocation
+        if invocation.hooks is not None:
+            handler = invocation.hooks.body(invocation, step_id, key, handler)
         started = invocation.clock.now()
         concurrent = implicit or BRANCH.get() is not None
         try:

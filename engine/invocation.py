@@ -22,7 +22,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import attrs
 from steplog.engine import records as r
@@ -104,6 +104,18 @@ class Outcome:
     wake_at: datetime | None = None
 
 
+class StepHooks(Protocol):
+    """What a test harness may observe and replace in an invocation (``steplog.testing``); None in
+    production, where each hook costs one ``is None`` check per step."""
+
+    def reached(self, invocation: Invocation, key: str, kind: str, record: StepRecord | None) -> None:
+        """The function asked for step ``key``: ``record`` is its memoized result, None if it is new.
+        It may raise ``invocation.abort(...)`` to stop the run there."""
+
+    def body(self, invocation: Invocation, step_id: str, key: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """The body to run for a new attempt of ``step.run(step_id, handler)``: ``handler`` or a stand-in."""
+
+
 class Invocation:
     """Runs a function once against a run's state, committing through ``commit``.
 
@@ -124,8 +136,10 @@ class Invocation:
         cancelling: Mapping[str, str] | None = None,
         listens_for: Callable[[str], bool] | None = None,
         registry: FunctionRegistry | None = None,
+        hooks: StepHooks | None = None,
     ) -> None:
         self.function = function
+        self.hooks = hooks
         self.state = state
         self.clock = clock
         self.limits = limits
@@ -342,10 +356,14 @@ class Invocation:
             if begun is None:
                 self.check_cancel()
             self.live = True
+            if self.hooks is not None:
+                self.hooks.reached(self, key, kind, None)
             return None
         if record.kind != kind:
             raise self._interrupted(_Abort(error_info(NondeterminismError(key, record.kind, kind), with_stack=False)))
         self.memo_hits += 1
+        if self.hooks is not None:
+            self.hooks.reached(self, key, kind, record)
         return record
 
     def abort(self, name: str, message: str) -> BaseException:

@@ -35,7 +35,7 @@ from steplog.engine.coordination import (
 )
 from steplog.engine.errors import FunctionNotFoundError, RunNotFoundError
 from steplog.engine.functions import FunctionRegistry
-from steplog.engine.invocation import Invocation, Outcome
+from steplog.engine.invocation import Invocation, Outcome, StepHooks
 from steplog.engine.limits import Limits
 from steplog.engine.state import RunState, fold
 from steplog.engine.system_events import end_events
@@ -81,6 +81,8 @@ class Engine:
         self.limits = limits or Limits()
         self.committer: Committer = committer or self._commit_directly
         self.coordinator = Coordinator(store, self.registry, self.limits, self.committer)
+        self.hooks: StepHooks | None = None
+        """What a test harness observes and replaces in each invocation (``steplog.testing``)."""
         self.coordinate: Callable[[Request], Answer] = self._coordinate_here
         """How invocations reach the coordinator: directly (here), or through the runtime's router."""
         self._ready: deque[str] = deque()
@@ -145,7 +147,7 @@ class Engine:
         invocation = Invocation(
             function, state, commit=commit, clock=self.clock, limits=self.limits, coordinate=self.coordinate,
             cancelling=self.coordinator.cancelling, listens_for=self.coordinator.listens_for,
-            registry=self.registry,
+            registry=self.registry, hooks=self.hooks,
         )
         outcome = invocation.run(make_context(invocation))
         if outcome.wake_at is None:

@@ -26,6 +26,20 @@ class MemoryEventStore(EventStore):
         self._keys: dict[str, KeyRecord] = {}
         self._rows: dict[str, dict[tuple[Any, ...], Row]] = {t.name: {} for t in self.projector.tables}
 
+    def reopened(self, projector: Projector | None = None) -> MemoryEventStore:
+        """What a restarted process would find: a new store with this log and its idempotency keys,
+        and projections folded again from the log (by ``projector``, a fresh one for a fresh process).
+        This store is closed."""
+        with self._lock:
+            other = MemoryEventStore(projector or self.projector)
+            other._log = list(self._log)
+            for entry in other._log:
+                other._streams.setdefault(entry.stream, []).append(entry)
+            other._keys = dict(self._keys)
+        self.close()
+        other.rebuild_projections(apply=True)
+        return other
+
     def read_stream(self, stream: str, *, after: int = 0) -> list[Entry]:
         self._check_open()
         with self._lock:

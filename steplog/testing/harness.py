@@ -1,0 +1,338 @@
+"""The test engine: a whole steplog engine on virtual time, in the test's own thread.
+
+It is the synchronous ``Engine`` (the one the actor runtime drives) on a temporary SQLite file (or
+the in-memory store) and a ``ManualClock``: nothing runs until the test says so, time moves only
+when the test moves it, and ``crash()`` throws away everything but the log, as ``kill -9`` would.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from steplog.engine import queries
+from steplog.engine.clock import ManualClock
+from steplog.engine.coordination import SendEvents
+from steplog.engine.durations import Duration, parse_duration
+from steplog.engine.errors import FunctionNotFoundError
+from steplog.engine.events import prepare_events
+from steplog.engine.functions import FunctionDef, FunctionRegistry
+from steplog.engine.ids import new_ulid
+from steplog.engine.limits import Limits
+from steplog.engine.projector import RunProjector
+from steplog.engine.service import Engine, EventInput
+from steplog.engine.system_events import invoked_event
+from steplog.eventstore import EventStore, MemoryEventStore, SqliteEventStore
+from steplog.testing.replay import RecordedRun, export_run, replay
+from steplog.testing.runs import TestRun
+from steplog.testing.stubs import UNSET, SimulatedCrash, Stub, StubTable
+
+__all__ = ["DEFAULT_START", "NondeterministicRunError", "TestEngine", "registry_of"]
+
+DEFAULT_START = datetime(2030, 1, 1, tzinfo=timezone.utc)
+"""Where a test engine's clock starts, unless told: a fixed time, so tests repeat exactly."""
+ENDED = ("completed", "failed")
+MAX_CRASHES_PER_DRAIN = 1000
+
+
+class NondeterministicRunError(AssertionError):
+    """A run that ended does not replay from its own history: its code is not deterministic."""
+
+
+def registry_of(functions: Iterable[Any]) -> FunctionRegistry:
+    """A registry of FunctionDefs given one by one, in lists, or by anything that has a ``registry``
+    (a ``Steplog`` client); TypeError naming what it could not use."""
+    registry = FunctionRegistry()
+    for function in _flatten(functions):
+        registry.add(function)
+    return registry
+
+
+def _flatten(items: Iterable[Any]) -> Iterable[FunctionDef]:
+    for item in items:
+        if isinstance(item, FunctionDef):
+            yield item
+        elif isinstance(getattr(item, "registry", None), FunctionRegistry):
+            yield from item.registry.all()
+        elif isinstance(item, FunctionRegistry):
+            yield from item.all()
+        elif isinstance(item, Iterable) and not isinstance(item, (str, bytes, dict)):
+            yield from _flatten(item)
+        else:
+            raise TypeError(
+                f"expected functions (what create_function returns), a list of them or a Steplog client, got {item!r}"
+            )
+
+
+class TestEngine:
+    """A steplog engine for tests. Build it with your functions (or your ``Steplog`` client)::
+
+        engine = TestEngine(client)
+        [event_id] = engine.send({"name": "shop/order.placed", "data": {"id": 7}})
+        engine.run_until_idle()
+        engine.runs_for(event_id)[0].assert_completed({"charged": 7})
+
+    ``store`` is ``"sqlite"`` (a temporary file, or ``path``) or ``"memory"``. With
+    ``check_determinism`` (the default) every run that ends is replayed from its own history, and a
+    run whose code takes other steps the second time raises NondeterministicRunError.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        *functions: Any,
+        store: Literal["sqlite", "memory"] = "sqlite",
+        path: str | Path | None = None,
+        clock: ManualClock | None = None,
+        start: datetime | None = None,
+        limits: Limits | None = None,
+        check_determinism: bool = True,
+    ) -> None:
+        if store not in ("sqlite", "memory"):
+            raise ValueError(f"store must be 'sqlite' or 'memory', got {store!r}")
+        if clock is not None and start is not None:
+            raise ValueError("give clock= or start=, not both")
+        self.registry = registry_of(functions)
+        self.clock = clock or ManualClock(start or DEFAULT_START)
+        self.limits = limits or Limits()
+        self.check_determinism = check_determinism
+        self.stubs = StubTable()
+        self.crashes = 0
+        """How many times the engine crashed (``crash()`` and simulated crashes in steps)."""
+        self._kind = store
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
+        if store == "sqlite" and path is None:
+            self._directory = tempfile.TemporaryDirectory(prefix="steplog-test-")
+            path = Path(self._directory.name) / "steplog.db"
+        self.path = Path(path) if path is not None else None
+        self._checked: set[str] = set()
+        self.store: EventStore = self._open_store(None)
+        self.engine = self._open_engine()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _open_store(self, previous: EventStore | None) -> EventStore:
+        if self._kind == "memory":
+            if isinstance(previous, MemoryEventStore):
+                return previous.reopened(RunProjector())
+            return MemoryEventStore(RunProjector())
+        assert self.path is not None
+        return SqliteEventStore(self.path, RunProjector(), synchronous="OFF")
+
+    def _open_engine(self) -> Engine:
+        engine = Engine(self.store, registry=self.registry, clock=self.clock, limits=self.limits)
+        engine.hooks = self.stubs
+        engine.start()
+        return engine
+
+    def add(self, *functions: Any) -> None:
+        """Register more functions (FunctionDefs, lists, or a client's). Runs already queued for them start
+        at the next crash(), as after a deploy."""
+        for function in _flatten(functions):
+            self.registry.add(function)
+
+    def crash(self, downtime: Duration = 0) -> None:
+        """Throw away every piece of memory, as ``kill -9`` would, and start again from the log; time
+        may pass while the engine is down. Stubs, the clock and your own test state survive."""
+        if self._kind == "sqlite":
+            self.store.close()
+            self.store = self._open_store(None)
+        else:
+            self.store = self._open_store(self.store)
+        self.crashes += 1
+        self.clock.advance(_seconds(downtime, "downtime"))
+        self.engine = self._open_engine()
+
+    def close(self) -> None:
+        """Close the store and remove the temporary database, if this engine made it."""
+        self.store.close()
+        if self._directory is not None:
+            self._directory.cleanup()
+            self._directory = None
+
+    def __enter__(self) -> TestEngine:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- driving -------------------------------------------------------------------------------
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def send(self, events: EventInput) -> list[str]:
+        """Accept events (one, or a list) and queue the runs they start or resume; returns their ids.
+        Nothing runs until ``run_until_idle()`` or ``advance()``: a crash() in between is a crash after
+        the events were acknowledged. Raises EventError for a bad event; nothing is accepted then."""
+        return self.engine.send(events)
+
+    def trigger(self, name: str, data: dict[str, Any] | None = None, **fields: Any) -> TestRun:
+        """Send one event, run until idle, and return the one run it started (AssertionError if it
+        started none or several)."""
+        [event_id] = self.send({"name": name, "data": data or {}, **fields})
+        self.run_until_idle()
+        runs = self.runs_for(event_id)
+        if len(runs) != 1:
+            started = ", ".join(repr(run) for run in runs) or "none"
+            functions = ", ".join(repr(f.id) for f in self.registry.all()) or "none registered"
+            raise AssertionError(f"event {name!r} started {len(runs)} runs ({started}); functions: {functions}")
+        return runs[0]
+
+    def invoke(self, function_id: str, data: dict[str, Any] | None = None) -> TestRun:
+        """Start a run of a function now with ``data``, whatever its triggers; run until idle; return it."""
+        if self.registry.get(function_id) is None:
+            raise FunctionNotFoundError(f"no function {function_id!r}")
+        event = invoked_event(function_id, data or {}, f"invoke-{new_ulid(self.now)}")
+        prepare_events(event, now=self.now, limits=self.limits, allow_reserved=True)
+        answer = self.engine.coordinate(SendEvents([event], internal=True))
+        if isinstance(answer, Exception):
+            raise answer
+        self.run_until_idle()
+        [event_id] = answer.ids  # type: ignore[union-attr]
+        return self.runs_for(event_id)[-1]
+
+    def run_until_idle(self) -> int:
+        """Run every run that can run now, firing what is due; returns how many invocations ran.
+        A simulated crash in a step crashes the engine and goes on from the log."""
+        invocations = 0
+        for _ in range(MAX_CRASHES_PER_DRAIN):
+            try:
+                invocations += self.engine.run_until_idle()
+                break
+            except SimulatedCrash:
+                self.crash()
+        else:
+            raise AssertionError(f"{MAX_CRASHES_PER_DRAIN} simulated crashes in a row: does a stub crash forever?")
+        self._check_ended_runs()
+        return invocations
+
+    def advance(self, duration: Duration) -> int:
+        """Move the clock forward by ``duration`` (seconds, timedelta or text like "1h30m") and run what
+        became due."""
+        self.clock.advance(_seconds(duration, "advance"))
+        return self.run_until_idle()
+
+    def advance_to(self, moment: datetime) -> int:
+        """Move the clock to ``moment`` (never back) and run what became due."""
+        if moment < self.now:
+            raise ValueError(f"the clock is at {self.now.isoformat()}; it cannot go back to {moment.isoformat()}")
+        self.clock.set(moment)
+        return self.run_until_idle()
+
+    def next_timer(self) -> datetime | None:
+        """When the next sleep, retry, wait timeout, throttle, debounce, batch or cron tick is due."""
+        return self.engine.next_timer()
+
+    def advance_to_next_timer(self) -> datetime | None:
+        """Move the clock to the next timer and run what became due; None (and no move) if there is none."""
+        due = self.next_timer()
+        if due is None:
+            return None
+        self.advance_to(max(due, self.now))
+        return due
+
+    def settle(self, *, within: Duration = "400d") -> datetime:
+        """Advance from timer to timer until nothing is due ``within`` this time from now; returns the
+        clock. Cron functions always have a next tick: they stop at ``within``."""
+        limit = self.now + parse_duration(within, what="within")
+        self.run_until_idle()
+        while (due := self.next_timer()) is not None and due <= limit:
+            self.advance_to(max(due, self.now))
+        return self.now
+
+    def cancel(self, run_id: str, reason: str = "cancelled by the test") -> bool:
+        """Ask a run to cancel and run until idle; False if it had already ended."""
+        cancelled = self.engine.cancel(run_id, reason)
+        self.run_until_idle()
+        return cancelled
+
+    # -- stubs -----------------------------------------------------------------------------------
+
+    def stub(
+        self,
+        step_id: str,
+        *,
+        returns: Any = UNSET,
+        raises: BaseException | type[BaseException] | None = None,
+        body: Any = None,
+        fails: int = 0,
+        crashes: int = 0,
+        function: str | None = None,
+    ) -> Stub:
+        """Replace the body of step ``step_id`` (in every function, or only in ``function``):
+
+        - ``returns=value``: the step returns ``value``;
+        - ``raises=error``: every attempt raises ``error`` (an instance or a class);
+        - ``body=callable``: called with the step's arguments instead of its body;
+        - none of these: the real body runs;
+        - ``fails=N``: the first N attempts raise StubError first (retried as any error is);
+        - ``crashes=N``: the first N times, the body runs and then the process dies before its
+          result is committed (a ``kill -9`` mid-step): the step runs again after the restart.
+
+        Returns the Stub, whose ``calls`` and ``attempts`` say how often the body was entered.
+        """
+        if function is not None and self.registry.get(function) is None:
+            raise FunctionNotFoundError(f"stub for step {step_id!r}: no function {function!r}")
+        return self.stubs.add(Stub(step_id, function, returns, raises, body, fails, crashes))
+
+    def crash_during(self, step_id: str, *, times: int = 1, function: str | None = None) -> Stub:
+        """The first ``times`` attempts of step ``step_id`` run their body, then the process dies before
+        the result is committed: what happens to a step that is not idempotent."""
+        return self.stub(step_id, crashes=times, function=function)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> TestRun:
+        """A view of one run; RunNotFoundError if there is none."""
+        queries.get_run(self.store, run_id)
+        return TestRun(self, run_id)
+
+    def runs(self, function_id: str | None = None, status: str | None = None) -> list[TestRun]:
+        """Runs, oldest first, of a function and in a status if given."""
+        rows = queries.list_runs(self.store, function_id=function_id, status=status, limit=None)
+        return [TestRun(self, row["run_id"]) for row in reversed(rows)]
+
+    def runs_for(self, event_id: str) -> list[TestRun]:
+        """The runs an event started (by the id ``send`` returned, or the id you gave), oldest first."""
+        rows = queries.list_runs(self.store, event_id=event_id, limit=None)
+        return [TestRun(self, row["run_id"]) for row in reversed(rows)]
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Received events, oldest first, each with the runs it started."""
+        return list(reversed(queries.list_events(self.store, name=name, limit=None)))
+
+    def export(self, run_id: str) -> RecordedRun:
+        """The run's recorded history, to save and replay later."""
+        return export_run(self.store, run_id)
+
+    # -- determinism -----------------------------------------------------------------------------
+
+    def _check_ended_runs(self) -> None:
+        if not self.check_determinism:
+            return
+        for status in ENDED:
+            for row in self.store.query("runs", where={"status": status}):
+                run_id = row["run_id"]
+                if run_id in self._checked:
+                    continue
+                self._checked.add(run_id)
+                report = replay(self.export(run_id), self.registry)
+                if not report.ok:
+                    raise NondeterministicRunError(
+                        f"{report}\n(the run did not replay from its own history: its step ids, or which steps it"
+                        f" takes, depend on something other than the log)\n{self.run(run_id).describe()}"
+                    )
+
+
+def _seconds(duration: Duration, what: str) -> timedelta:
+    delta = parse_duration(duration, what=what)
+    if delta < timedelta(0):
+        raise ValueError(f"{what} must not be negative, got {duration!r}")
+    return delta

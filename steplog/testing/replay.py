@@ -1,0 +1,293 @@
+"""Recorded runs: export a run's history from a database, and replay it against today's code.
+
+A replay folds the recorded history (without its ending) into the run's state and calls the
+function once, as the engine would for its last invocation, but no step body runs and nothing is
+written: every step the code asks for must be in the history. The report says where the code now
+diverges: a step the history does not have (a new step, or an id that changed), a recorded step the
+code no longer reaches, a step id that is now another kind of step, or a different ending (status,
+output or error). Like Temporal's replayer, this is how to check that changed code can still carry
+on the runs already in flight, and, on every finished run, that a function is deterministic.
+
+Step order is not compared: steps are memoized by id, so a reordered function replays correctly
+(see docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+from steplog.engine import records as r
+from steplog.engine.clock import ManualClock
+from steplog.engine.context import make_context
+from steplog.engine.coordination import Answer, Done, EndRun, Request
+from steplog.engine.functions import FunctionDef, FunctionRegistry
+from steplog.engine.invocation import Invocation
+from steplog.engine.limits import Limits
+from steplog.engine.queries import get_run
+from steplog.engine.state import RunState, StepRecord, fold
+from steplog.eventstore import Entry, EventStore, NewEntry, parse_time
+
+__all__ = ["FORMAT", "RecordedRun", "ReplayReport", "assert_replays", "export_run", "replay"]
+
+FORMAT = "steplog/recorded-run"
+VERSION = 1
+ENDINGS = {r.RUN_COMPLETED: "completed", r.RUN_FAILED: "failed", r.RUN_CANCELLED: "cancelled"}
+STEP_WORDS = {"run": "step.run", "sleep": "step.sleep", "wait": "step.wait_for_event", "invoke": "step.invoke",
+              "send": "step.send_event"}
+
+
+@attrs.frozen
+class RecordedRun:
+    """A run's stream and the signals sent to it, as recorded: everything a replay needs."""
+
+    run_id: str
+    function_id: str
+    status: str
+    entries: tuple[Entry, ...]
+    signals: tuple[Entry, ...] = ()
+
+    @property
+    def ending(self) -> Entry | None:
+        """The entry that ended the run, if it has ended."""
+        return next((entry for entry in reversed(self.entries) if entry.type in ENDINGS), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "run_id": self.run_id, "function_id": self.function_id,
+            "status": self.status, "entries": [attrs.asdict(e) for e in self.entries],
+            "signals": [attrs.asdict(e) for e in self.signals],
+        }
+
+    @classmethod
+    def from_json(cls, document: Any) -> RecordedRun:
+        """A recorded run from ``to_json``'s document; ValueError naming what is wrong."""
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise ValueError(f"not a recorded run: expected a JSON object with \"format\": {FORMAT!r}")
+        if document.get("version") != VERSION:
+            raise ValueError(f"recorded run version {document.get('version')!r} is not supported (expected {VERSION})")
+        try:
+            return cls(
+                run_id=str(document["run_id"]), function_id=str(document["function_id"]),
+                status=str(document["status"]),
+                entries=tuple(Entry(**entry) for entry in document["entries"]),
+                signals=tuple(Entry(**entry) for entry in document.get("signals", ())),
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"recorded run is malformed: {error}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the recorded run as JSON (UTF-8); returns the path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RecordedRun:
+        """A recorded run from a file written by ``save`` or ``steplog export``."""
+        try:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not JSON ({error})") from None
+        return cls.from_json(document)
+
+
+def export_run(store: EventStore, run_id: str) -> RecordedRun:
+    """The recorded history of a run in ``store``; RunNotFoundError if there is none."""
+    row = get_run(store, run_id)
+    entries = store.read_stream(r.run_stream(run_id))
+    signals = store.read_stream(r.signal_stream(run_id))
+    return RecordedRun(run_id, row["function_id"], row["status"], tuple(entries), tuple(signals))
+
+
+@attrs.frozen
+class ReplayReport:
+    """What a replay found: ``ok`` when the code takes the recorded steps and ends as the run did."""
+
+    run_id: str
+    function_id: str
+    divergences: tuple[str, ...]
+    reached: tuple[str, ...]
+    """The step keys the code asked for, in order."""
+    ended: str | None
+    """How the replay ended: a status, or None if it stopped where the recorded run is now."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.divergences
+
+    def __str__(self) -> str:
+        head = f"run {self.run_id} of function {self.function_id!r}"
+        if self.ok:
+            return f"{head}: the code replays the recorded history ({len(self.reached)} steps)"
+        lines = [f"{head}: the code diverges from the recorded history:"]
+        lines.extend(f"  - {divergence}" for divergence in self.divergences)
+        return "\n".join(lines)
+
+    def raise_for_divergence(self) -> None:
+        """AssertionError with the report, if the code diverges."""
+        if not self.ok:
+            raise AssertionError(str(self))
+
+
+class _Stop(Exception):
+    """The replay asked for something a replay cannot do (a new event, wait or invoke)."""
+
+
+@attrs.define
+class _ReplayHooks:
+    """StepHooks for a replay: note every step reached; stop at the first one not recorded."""
+
+    history: RunState
+    finished: bool
+    divergences: list[str]
+    keys: list[str] = attrs.field(factory=list)
+    """The step keys reached, in order."""
+    frontier: str | None = None
+
+    def reached(self, invocation: Invocation, key: str, kind: str, record: StepRecord | None) -> None:
+        self.keys.append(key)
+        if record is not None:
+            return
+        pending = _pending_step(self.history)
+        if self.finished:
+            unreached = [repr(k) for k in self.history.memo if k not in self.keys]
+            also = f"; recorded steps not reached so far: {', '.join(unreached)}" if unreached else ""
+            self.divergences.append(
+                f"the code now takes a {STEP_WORDS.get(kind, kind)} step {key!r} that the recorded run does not have"
+                f" (a new step, or a step id that changed){also}"
+            )
+        elif pending is not None and pending != key:
+            self.divergences.append(
+                f"the recorded run is at step {pending!r}; the code now reaches a new {STEP_WORDS.get(kind, kind)}"
+                f" step {key!r} first"
+            )
+        else:
+            self.frontier = key
+        raise invocation.abort("ReplayStopped", f"replay stops at step {key!r}")
+
+    def body(self, invocation: Invocation, step_id: str, key: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        return handler  # never reached: ``reached`` stops every new step before its body
+
+
+def _pending_step(state: RunState) -> str | None:
+    """The step a run in progress is at: an open sleep or wait, or a step with failed attempts."""
+    for key in state.sleeps:
+        if key not in state.memo:
+            return key
+    for key in state.waits:
+        if key not in state.memo:
+            return key
+    for key in state.step_failures:
+        if key not in state.memo:
+            return key
+    return None
+
+
+def _registry(functions: Iterable[Any]) -> FunctionRegistry:
+    from steplog.testing.harness import registry_of  # the harness's way of reading clients and lists
+
+    return registry_of(functions)
+
+
+def replay(recorded: RecordedRun, functions: FunctionRegistry | Iterable[Any] | FunctionDef | Any) -> ReplayReport:
+    """Replay a recorded run against ``functions`` (FunctionDefs, a Steplog client, a registry)."""
+    registry = functions if isinstance(functions, FunctionRegistry) else _registry([functions])
+    function = registry.get(recorded.function_id)
+    if function is None:
+        known = ", ".join(repr(f.id) for f in registry.all()) or "none"
+        divergence = f"function {recorded.function_id!r} is not defined (functions given: {known})"
+        return ReplayReport(recorded.run_id, recorded.function_id, (divergence,), (), None)
+    ending = recorded.ending
+    entries = [entry for entry in recorded.entries if entry.type not in ENDINGS]
+    history = fold(recorded.run_id, recorded.entries, recorded.signals)
+    state = fold(recorded.run_id, entries, recorded.signals)
+    divergences: list[str] = []
+    hooks = _ReplayHooks(history, ending is not None, divergences)
+    committed: list[NewEntry] = []
+    invocation = Invocation(
+        function, state, commit=committed.extend, clock=ManualClock(_replay_time(recorded)), limits=Limits(),
+        coordinate=_coordinator(committed), registry=registry, hooks=hooks,
+    )
+    try:
+        outcome = invocation.run(make_context(invocation))
+    except _Stop as stop:
+        divergences.append(str(stop))
+        return ReplayReport(recorded.run_id, recorded.function_id, tuple(divergences), tuple(hooks.keys), None)
+    if hooks.frontier is not None or (divergences and outcome.status == "failed"):
+        return ReplayReport(recorded.run_id, recorded.function_id, tuple(divergences), tuple(hooks.keys), None)
+    if ending is not None:
+        divergences.extend(_vanished(history, hooks.keys))
+        divergences.extend(_different_ending(ending, outcome.status, outcome.output, outcome.error))
+    return ReplayReport(recorded.run_id, recorded.function_id, tuple(divergences), tuple(hooks.keys),
+                        outcome.status)
+
+
+def _replay_time(recorded: RecordedRun) -> datetime:
+    """When the recorded run last ran: its ending's time, or its last entry's."""
+    ending = recorded.ending
+    if ending is not None and isinstance(ending.data.get("at"), str):
+        return parse_time(ending.data["at"])
+    last = recorded.entries[-1] if recorded.entries else None
+    return parse_time(last.recorded_at) if last is not None else datetime.now().astimezone()  # noqa: DTZ005
+
+
+def _coordinator(committed: list[NewEntry]) -> Callable[[Request], Answer]:
+    def coordinate(request: Request) -> Answer:
+        if isinstance(request, EndRun):
+            committed.extend(request.entries)
+            return Done()
+        raise _Stop(f"the code now asks the engine for {type(request).__name__}, which the recorded run did not")
+
+    return coordinate
+
+
+def _vanished(history: RunState, reached: Sequence[str]) -> list[str]:
+    seen = set(reached)
+    return [
+        f"the recorded run has a {STEP_WORDS.get(record.kind, record.kind)} step {key!r} that the code no longer"
+        " reaches" for key, record in history.memo.items() if key not in seen
+    ]
+
+
+def _different_ending(ending: Entry, status: str, output: Any, error: Any) -> list[str]:
+    recorded_status = ENDINGS[ending.type]
+    if recorded_status == "cancelled":
+        return []  # a cancel comes from outside the code: where the code was is all that can be compared
+    if status != recorded_status:
+        now = f"{status}" + (f" ({_error_text(error)})" if error else "")
+        was = recorded_status + (f" ({_error_text(ending.data.get('error'))})" if ending.data.get("error") else "")
+        return [f"the run ended {was}; the code now ends {now}"]
+    if status == "completed" and _canonical(output) != _canonical(ending.data.get("output")):
+        return [f"the run returned {_short(ending.data.get('output'))}; the code now returns {_short(output)}"]
+    if status == "failed":
+        old, new = ending.data.get("error") or {}, error or {}
+        if (old.get("name"), old.get("message")) != (new.get("name"), new.get("message")):
+            return [f"the run failed with {_error_text(old)}; the code now fails with {_error_text(new)}"]
+    return []
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _short(value: Any, width: int = 200) -> str:
+    text = _canonical(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _error_text(error: Any) -> str:
+    if not isinstance(error, dict):
+        return str(error)
+    return f"{error.get('name')}: {error.get('message')}"
+
+
+def assert_replays(recorded: RecordedRun, functions: Any) -> ReplayReport:
+    """Replay and raise AssertionError with the report if the code diverges; else return the report."""
+    report = replay(recorded, functions)
+    report.raise_for_divergence()
+    return report

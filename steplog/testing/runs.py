@@ -1,0 +1,185 @@
+"""A run as a test sees it: status, output, error, steps, and assertions that explain themselves."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from steplog.engine import queries
+from steplog.engine.queries import RunHistory, StepAttempt
+
+if TYPE_CHECKING:
+    from steplog.testing.harness import TestEngine
+
+__all__ = ["TestRun", "describe_history"]
+
+ANY: Any = object()
+"""A marker for "whatever it is": ``assert_completed()`` with no output checks only the status."""
+
+
+class TestRun:
+    """A live view of one run: every property reads the log again, so it stays true across ``crash()``."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, engine: TestEngine, run_id: str) -> None:
+        self._engine = engine
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        row = self.row
+        return f"<TestRun {self.run_id} of {row['function_id']!r}: {row['status']}>"
+
+    # -- what the run is ---------------------------------------------------------------------
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The run's summary row (``steplog run`` shows the same)."""
+        return queries.get_run(self._engine.store, self.run_id)
+
+    @property
+    def function_id(self) -> str:
+        return str(self.row["function_id"])
+
+    @property
+    def status(self) -> str:
+        """``queued``, ``running``, ``waiting``, ``completed``, ``failed``, ``cancelled`` or ``skipped``."""
+        return str(self.row["status"])
+
+    @property
+    def output(self) -> Any:
+        return self.row["output"]
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """``{"name", "message", "stack"}`` for a failed or cancelled run."""
+        error = self.row["error"]
+        return error if isinstance(error, dict) else None
+
+    @property
+    def history(self) -> RunHistory:
+        return queries.run_history(self._engine.store, self.run_id)
+
+    @property
+    def attempts(self) -> list[StepAttempt]:
+        """Every step attempt, in order."""
+        return self.history.steps
+
+    def step_attempts(self, step_id: str) -> list[StepAttempt]:
+        """The attempts of one step (by the id given to the step tool), in order."""
+        return [attempt for attempt in self.attempts if attempt.id == step_id]
+
+    def step_output(self, step_id: str) -> Any:
+        """The committed output of a completed step; AssertionError if it has not completed."""
+        done = [a for a in self.step_attempts(step_id) if a.status == "completed"]
+        if not done:
+            raise AssertionError(f"step {step_id!r} of {self} has not completed\n{self.describe()}")
+        return done[-1].output
+
+    @property
+    def completed_steps(self) -> list[str]:
+        """The ids of the steps that completed, in order."""
+        return [a.id for a in self.attempts if a.status == "completed"]
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled", "skipped")
+
+    def describe(self) -> str:
+        """The run and its steps, one line each: what an assertion shows when it fails."""
+        return describe_history(self.history)
+
+    # -- assertions ------------------------------------------------------------------------------
+
+    def assert_completed(self, output: Any = ANY) -> TestRun:
+        """The run completed (with ``output``, if given)."""
+        self._expect_status("completed")
+        if output is not ANY and self.output != output:
+            self._fail(f"returned {_json(self.output)}, expected {_json(output)}")
+        return self
+
+    def assert_failed(self, name: str | None = None, message: str | None = None) -> TestRun:
+        """The run failed (with an error of this ``name``, whose message contains ``message``)."""
+        self._expect_status("failed")
+        self._expect_error(name, message)
+        return self
+
+    def assert_cancelled(self, reason: str | None = None) -> TestRun:
+        """The run was cancelled (with ``reason`` in its message, if given)."""
+        self._expect_status("cancelled")
+        self._expect_error(None, reason)
+        return self
+
+    def assert_waiting(self) -> TestRun:
+        """The run is waiting: sleeping, waiting for an event or a retry, or throttled."""
+        self._expect_status("waiting")
+        return self
+
+    def assert_step(self, step_id: str, *, output: Any = ANY, attempts: int | None = None) -> TestRun:
+        """A step completed (with ``output``), after exactly ``attempts`` attempts if given."""
+        tried = self.step_attempts(step_id)
+        if output is not ANY or not tried:
+            found = self.step_output(step_id)
+            if output is not ANY and found != output:
+                self._fail(f"step {step_id!r} returned {_json(found)}, expected {_json(output)}")
+        if attempts is not None and len(tried) != attempts:
+            self._fail(f"step {step_id!r} took {len(tried)} attempts, expected {attempts}")
+        return self
+
+    def assert_no_step(self, step_id: str) -> TestRun:
+        """The run never took the step."""
+        if self.step_attempts(step_id):
+            self._fail(f"took step {step_id!r}, expected it not to")
+        return self
+
+    def _expect_status(self, status: str) -> None:
+        if self.status != status:
+            error = self.error
+            why = f" ({error['name']}: {error['message']})" if error else ""
+            self._fail(f"is {self.status}{why}, expected {status}")
+
+    def _expect_error(self, name: str | None, message: str | None) -> None:
+        error = self.error or {}
+        if name is not None and error.get("name") != name:
+            self._fail(f"failed with {error.get('name')}, expected {name}")
+        if message is not None and message not in str(error.get("message")):
+            self._fail(f"failed with message {error.get('message')!r}, expected it to contain {message!r}")
+
+    def _fail(self, what: str) -> None:
+        raise AssertionError(f"run {self.run_id} of {self.function_id!r} {what}\n{self.describe()}")
+
+
+def describe_history(history: RunHistory) -> str:
+    run = history.run
+    lines = [f"run {run['run_id']} of {run['function_id']!r}: {run['status']}"]
+    for attempt in history.steps:
+        lines.append("  " + _attempt_line(attempt))
+    error = run.get("error")
+    if isinstance(error, str):
+        error = json.loads(error)
+    if isinstance(error, dict):
+        lines.append(f"  -> {error.get('name')}: {error.get('message')}")
+    elif run["status"] == "completed":
+        output = run.get("output")
+        lines.append(f"  -> returned {_json(json.loads(output) if isinstance(output, str) else output)}")
+    return "\n".join(lines)
+
+
+def _attempt_line(attempt: StepAttempt) -> str:
+    head = f"{attempt.kind} {attempt.step!r} attempt {attempt.attempt + 1}: {attempt.status}"
+    if attempt.error:
+        head += f" - {attempt.error.get('name')}: {attempt.error.get('message')}"
+    elif attempt.status == "completed":
+        head += f" -> {_json(attempt.output)}"
+    if attempt.retry_at:
+        head += f" (retry at {attempt.retry_at})"
+    if attempt.wake_at and attempt.status not in ("completed", "failed"):
+        head += f" (until {attempt.wake_at})"
+    if attempt.waiting_for and attempt.status not in ("completed", "failed"):
+        head += f" (for {attempt.waiting_for})"
+    return head
+
+
+def _json(value: Any, width: int = 160) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= width else text[: width - 1] + "…"
