@@ -155,6 +155,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rebuild.add_argument("--check", action="store_true", help="only report differences; exit 1 if there are any")
 
+    export = command(
+        "export", cmd_export, [], help="write a run's recorded history as JSON, to replay in a test",
+        description="Write the recorded history of a run (its log entries and the signals sent to it) as one"
+        " JSON document, to stdout or --output. steplog.testing.RecordedRun.load reads it back, and"
+        " steplog.testing.replay checks it against your current code.",
+    )
+    export.add_argument("run_id", metavar="RUN_ID", help="the run's id (a unique prefix is enough)")
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    replay = command(
+        "replay", cmd_replay, [as_json], help="replay recorded runs against your current code",
+        description="Replay runs against the functions of MODULE[:CLIENT] (imported, never started): the"
+        " recorded run FILEs (from `steplog export`), or else the runs in the database (--function,"
+        " --status, --limit select them). No step body runs and nothing is written. Reports each run whose"
+        " code now diverges (a new, vanished or changed step, or another ending); exit 1 if any does.",
+    )
+    replay.add_argument("target", metavar="MODULE[:CLIENT]", help="where your client is, like app:client")
+    replay.add_argument("files", metavar="FILE", nargs="*", help="recorded runs; none: runs in the database")
+    replay.add_argument("--function", metavar="ID", help="only runs of this function")
+    replay.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    replay.add_argument(
+        "--limit", type=_limit_arg, default=DEFAULT_LIMIT, metavar="N",
+        help=f"at most N runs, newest first (default {DEFAULT_LIMIT}; 0 for all)",
+    )
+
     demo = command(
         "demo", cmd_demo, [], help="run the first-contact demo on a SQLite file",
         description="Define four small functions, send some events (one kind of run waits for a later event),"
@@ -456,6 +481,51 @@ def cmd_rebuild(args: argparse.Namespace, out: TextIO) -> int:
         print(f"Run `steplog rebuild --db {shlex.quote(args.db)}` to correct them.", file=out)
         return 1
     return 0
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    from steplog.testing.replay import export_run
+
+    with open_reader(args.db) as store:
+        recorded = export_run(store, _resolve_run_id(store, args.run_id))
+    if args.output:
+        try:
+            recorded.save(args.output)
+        except OSError as error:
+            raise CliError(f"cannot write {args.output}: {error.strerror or error}") from None
+        print(f"wrote run {recorded.run_id} ({len(recorded.entries)} entries) to {args.output}", file=out)
+        return 0
+    return _print_json(recorded.to_json(), out)
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    from steplog.server.serve import ServeError, load_client
+    from steplog.testing.replay import RecordedRun, export_run, replay
+
+    try:
+        client = load_client(args.target)
+    except ServeError as error:
+        raise CliError(str(error), code=2) from None
+    recorded: list[RecordedRun] = []
+    for path in args.files:
+        try:
+            recorded.append(RecordedRun.load(path))
+        except (OSError, ValueError) as error:
+            raise CliError(f"{path}: {getattr(error, 'strerror', None) or error}") from None
+    if not args.files:
+        with open_reader(args.db) as store:
+            rows = queries.list_runs(store, function_id=args.function, status=args.status, limit=args.limit or None)
+            recorded = [export_run(store, row["run_id"]) for row in rows if row["status"] != "skipped"]
+    reports = [replay(run, client.registry) for run in recorded]
+    diverged = [report for report in reports if not report.ok]
+    if args.json:
+        _print_json([{"run_id": rep.run_id, "function_id": rep.function_id, "ok": rep.ok,
+                      "divergences": list(rep.divergences)} for rep in reports], out)
+    else:
+        for report in diverged:
+            print(report, file=out)
+        print(f"{len(reports)} runs replayed: {len(reports) - len(diverged)} ok, {len(diverged)} diverge", file=out)
+    return 1 if diverged else 0
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:

@@ -115,6 +115,10 @@ class StubTable:
     def clear(self) -> None:
         self._stubs.clear()
 
+    def find_exact(self, function_id: str | None, step_id: str) -> Stub | None:
+        """The stub put in place for exactly this scope (None: every function)."""
+        return self._stubs.get((function_id, step_id))
+
     def find(self, function_id: str, step_id: str) -> Stub | None:
         return self._stubs.get((function_id, step_id)) or self._stubs.get((None, step_id))
 
