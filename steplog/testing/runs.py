@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from steplog.engine import queries
+from steplog.engine import records as r
 from steplog.engine.queries import RunHistory, StepAttempt
+from steplog.eventstore import parse_time
 
 if TYPE_CHECKING:
     from steplog.testing.harness import TestEngine
@@ -55,6 +58,30 @@ class TestRun:
         """``{"name", "message", "stack"}`` for a failed or cancelled run."""
         error = self.row["error"]
         return error if isinstance(error, dict) else None
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The event that started the run (the first one, for a batch)."""
+        return self.events[0]
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events that started the run: one, or a batch's."""
+        first = self._engine.store.read_stream(r.run_stream(self.run_id), after=0)[0]
+        return list(first.data["events"])
+
+    @property
+    def scheduled_at(self) -> datetime:
+        return parse_time(self.row["scheduled_at"])
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When the run first started (None if it has not)."""
+        return _time_or_none(self.row["started_at"])
+
+    @property
+    def ended_at(self) -> datetime | None:
+        return _time_or_none(self.row["ended_at"])
 
     @property
     def history(self) -> RunHistory:
@@ -147,6 +174,10 @@ class TestRun:
 
     def _fail(self, what: str) -> None:
         raise AssertionError(f"run {self.run_id} of {self.function_id!r} {what}\n{self.describe()}")
+
+
+def _time_or_none(text: str | None) -> datetime | None:
+    return parse_time(text) if text else None
 
 
 def describe_history(history: RunHistory) -> str:

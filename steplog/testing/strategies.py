@@ -46,19 +46,13 @@ def events(
     ids: st.SearchStrategy[str | None] | None = None,
 ) -> st.SearchStrategy[dict[str, Any]]:
     """Events named ``name`` (or drawn from a strategy of names) with ``data`` drawn from ``data``
-    (default: empty). ``ids`` draws their ids: None gives no id (every event is new); pass
-    ``EVENT_IDS`` or your own to send duplicates."""
+    (default: empty). Without ``ids`` events have no id (each is new); with it (``EVENT_IDS``, or
+    your own) some events carry an id drawn from it, so duplicates come up."""
     names = name if isinstance(name, st.SearchStrategy) else st.just(name)
-    datas = data if data is not None else st.just({})
-    id_strategy = ids if ids is not None else st.none()
-
-    def build(event_name: str, event_data: Mapping[str, Any], event_id: str | None) -> dict[str, Any]:
-        event: dict[str, Any] = {"name": event_name, "data": dict(event_data)}
-        if event_id is not None:
-            event["id"] = event_id
-        return event
-
-    return st.builds(build, names, datas, id_strategy)
+    datas = (data if data is not None else st.just({})).map(dict)
+    if ids is None:
+        return st.fixed_dictionaries({"name": names, "data": datas})
+    return st.fixed_dictionaries({"name": names, "data": datas}, optional={"id": ids})
 
 
 def durations(
