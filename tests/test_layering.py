@@ -6,6 +6,10 @@
     actors      imports anything but steplog
     server      (steplog/server, the HTTP face) sits on actors; no layer imports it, nor starlette or uvicorn
     croniter    only in engine/cron.py, so the cron library stays swappable
+    testing     (steplog/testing, the users' test toolkit) sits on engine and eventstore: no actors,
+                server, pykka or threads, so a test runs in its own thread on virtual time;
+                hypothesis only in its strategies and stateful modules; the pytest plugin, which
+                every pytest run in the user's environment loads, imports no more at its top
 
 Locks are not threads: engine/clock.py (ManualClock, shared with the actors' threads),
 engine/expressions.py (celpy's parser is not thread-safe) and engine/invocation.py (commits from
@@ -197,3 +201,31 @@ def test_croniter_is_imported_only_by_the_cron_module() -> None:
         if module.split(".")[0] == "croniter"
     ]
     assert importers == [CRON_MODULE]
+
+
+TESTING = "steplog/testing"
+TESTING_FORBIDDEN = {"actors", "pykka", "threading", "concurrent", "steplog.server", *WEB}
+HYPOTHESIS_MODULES = {"steplog/testing/strategies.py", "steplog/testing/stateful.py"}
+PLUGIN = "steplog/testing/pytest_plugin.py"
+
+
+def test_the_testing_toolkit_stays_on_the_engine() -> None:
+    violations = []
+    for path in sorted((ROOT / TESTING).glob("*.py")):
+        name = relative(path)
+        for module, line in imported_modules(parse(path)):
+            layer = "steplog.server" if module.startswith("steplog.server") else top(module)
+            if layer in TESTING_FORBIDDEN or (layer == "hypothesis" and name not in HYPOTHESIS_MODULES):
+                violations.append(f"{name}:{line} imports {module}")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_pytest_plugin_imports_little_at_its_top() -> None:
+    tree = parse(ROOT / PLUGIN)
+    top_level = [
+        module for node in tree.body  # type: ignore[attr-defined]
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for module, _ in imported_modules(node)
+    ]
+    assert top_level and all(module.split(".")[0] in {"__future__", "collections", "pathlib", "typing", "pytest"}
+                              for module in top_level), top_level

@@ -24,6 +24,15 @@ EXPECTED = {
         "SystemClock", "Throttle", "Timeouts", "TriggerCron", "TriggerEvent", "WebhookDef", "compile_expression", "define_function",
         "parse_duration", "queries",
     ],
+    "steplog.testing": [
+        "DEFAULT_START", "NondeterministicRunError", "RecordedRun", "ReplayReport", "SimulatedCrash", "Stub",
+        "StubError", "TestEngine", "TestRun", "assert_replays", "export_run", "registry_of", "replay",
+    ],
+    "steplog.testing.actions": [
+        "Action", "Advance", "AdvanceToNextTimer", "CancelRun", "Crash", "CrashDuring", "FailurePlan", "Send", "play",
+    ],
+    "steplog.testing.strategies": ["EVENT_IDS", "actions", "durations", "events", "failure_plans", "schedules"],
+    "steplog.testing.stateful": ["DurableFunctionMachine"],
     "steplog.actors": ["DatabaseInUseError", "EngineStoppedError", "RunHandle", "Steplog"],
     "steplog.eventstore": [
         "Append", "Change", "Committed", "ConcurrencyError", "Delete", "Difference", "Entry", "EventStore",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -33,7 +33,7 @@ from steplog.testing.stubs import UNSET, SimulatedCrash, Stub, StubTable
 
 __all__ = ["DEFAULT_START", "NondeterministicRunError", "TestEngine", "registry_of"]
 
-DEFAULT_START = datetime(2030, 1, 1, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2030, 1, 1, tzinfo=UTC)
 """Where a test engine's clock starts, unless told: a fixed time, so tests repeat exactly."""
 ENDED = ("completed", "failed")
 MAX_CRASHES_PER_DRAIN = 1000

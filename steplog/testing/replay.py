@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
+
 from steplog.engine import records as r
 from steplog.engine.clock import ManualClock
 from steplog.engine.context import make_context
@@ -233,7 +234,7 @@ def _replay_time(recorded: RecordedRun) -> datetime:
     if ending is not None and isinstance(ending.data.get("at"), str):
         return parse_time(ending.data["at"])
     last = recorded.entries[-1] if recorded.entries else None
-    return parse_time(last.recorded_at) if last is not None else datetime.now().astimezone()  # noqa: DTZ005
+    return parse_time(last.recorded_at) if last is not None else datetime.fromtimestamp(0, UTC)
 
 
 def _coordinator(committed: list[NewEntry]) -> Callable[[Request], Answer]:

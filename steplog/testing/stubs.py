@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+
 from steplog.engine.invocation import Invocation
 
 __all__ = ["SimulatedCrash", "Stub", "StubError", "StubTable"]
@@ -21,7 +22,7 @@ __all__ = ["SimulatedCrash", "Stub", "StubError", "StubTable"]
 UNSET: Any = object()
 
 
-class SimulatedCrash(BaseException):  # noqa: N818 - it is not an error of the code under test
+class SimulatedCrash(BaseException):
     """Raised from a step body to play the process dying mid-step: the body ran, its result was never
     committed. A BaseException so that the function's own ``except Exception`` cannot catch it; the
     test engine turns it into ``crash()`` and goes on."""
