@@ -100,3 +100,23 @@ def _healthy(base: str) -> str:
         except OSError:
             time.sleep(0.05)  # polling until the server accepts, with a deadline
     raise AssertionError(f"{base} never answered /health")
+
+
+def test_the_readme_testing_example_passes_under_pytest(tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    [example] = [block for block in blocks if block.startswith("# test_checkout.py")]
+    (tmp_path / "test_checkout.py").write_text(example)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_checkout.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout
+    assert not (tmp_path / "shop.db").exists()  # the client is only a bag of functions here
+    broken = example.replace('timeout="7d"', 'timeout="8d"')
+    (tmp_path / "test_checkout.py").write_text(broken)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_checkout.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert "1 failed, 1 passed" in done.stdout and "is waiting, expected completed" in done.stdout
