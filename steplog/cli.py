@@ -516,7 +516,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         with open_reader(args.db) as store:
             rows = queries.list_runs(store, function_id=args.function, status=args.status, limit=args.limit or None)
             recorded = [export_run(store, row["run_id"]) for row in rows if row["status"] != "skipped"]
-    reports = [replay(run, client.registry) for run in recorded]
+    reports = [replay(run, client.registry, limits=client.limits) for run in recorded]
     diverged = [report for report in reports if not report.ok]
     if args.json:
         _print_json([{"run_id": rep.run_id, "function_id": rep.function_id, "ok": rep.ok,

@@ -68,6 +68,15 @@ def _flatten(items: Iterable[Any]) -> Iterable[FunctionDef]:
             )
 
 
+def _client_limits(items: Iterable[Any]) -> Limits | None:
+    """The limits of the first client given (its ``max_steps_per_run`` and the like), if any."""
+    for item in items:
+        limits = getattr(item, "limits", None)
+        if isinstance(limits, Limits) and isinstance(getattr(item, "registry", None), FunctionRegistry):
+            return limits
+    return None
+
+
 class TestEngine:
     """A steplog engine for tests. Build it with your functions (or your ``Steplog`` client)::
 
@@ -76,7 +85,8 @@ class TestEngine:
         engine.run_until_idle()
         engine.runs_for(event_id)[0].assert_completed({"charged": 7})
 
-    ``store`` is ``"sqlite"`` (a temporary file, or ``path``) or ``"memory"``. With
+    ``store`` is ``"sqlite"`` (a temporary file, or ``path``) or ``"memory"``; ``limits`` default to
+    the client's, if a client is given. With
     ``check_determinism`` (the default) every run that ends is replayed from its own history, and a
     run whose code takes other steps the second time raises NondeterministicRunError.
     """
@@ -99,7 +109,7 @@ class TestEngine:
             raise ValueError("give clock= or start=, not both")
         self.registry = registry_of(functions)
         self.clock = clock or ManualClock(start or DEFAULT_START)
-        self.limits = limits or Limits()
+        self.limits = limits or _client_limits(functions) or Limits()
         self.check_determinism = check_determinism
         self.stubs = StubTable()
         self.crashes = 0
@@ -339,7 +349,7 @@ class TestEngine:
                 self._checked.add(run_id)
                 if _failed_outside_its_code(row):
                     continue
-                report = replay(self.export(run_id), self.registry)
+                report = replay(self.export(run_id), self.registry, limits=self.limits)
                 if not report.ok:
                     raise NondeterministicRunError(
                         f"{report}\n(the run did not replay from its own history: its step ids, or which steps it"

@@ -38,6 +38,8 @@ __all__ = ["FORMAT", "RecordedRun", "ReplayReport", "assert_replays", "export_ru
 FORMAT = "steplog/recorded-run"
 VERSION = 1
 ENDINGS = {r.RUN_COMPLETED: "completed", r.RUN_FAILED: "failed", r.RUN_CANCELLED: "cancelled"}
+IN_BODY_FAILURES = {"NestedStepError"}
+"""Failures the engine raises from inside a step body: the step they interrupt is never recorded."""
 STEP_WORDS = {"run": "step.run", "sleep": "step.sleep", "wait": "step.wait_for_event", "invoke": "step.invoke",
               "send": "step.send_event"}
 
@@ -146,6 +148,8 @@ class _ReplayHooks:
     history: RunState
     finished: bool
     divergences: list[str]
+    failed_in_a_body: bool = False
+    """The recorded run failed from inside a step's body (a nested step): that step is never recorded."""
     keys: list[str] = attrs.field(factory=list)
     """The step keys reached, in order."""
     frontier: str | None = None
@@ -154,8 +158,11 @@ class _ReplayHooks:
         self.keys.append(key)
         if record is not None:
             return
+        invocation.check_step_limit()  # a step the engine refuses before it starts ends the run as it did then
         pending = _pending_step(self.history)
-        if self.finished:
+        if self.failed_in_a_body:
+            self.frontier = key  # the run failed inside this step's body, which a replay does not run
+        elif self.finished:
             unreached = [repr(k) for k in self.history.memo if k not in self.keys]
             also = f"; recorded steps not reached so far: {', '.join(unreached)}" if unreached else ""
             self.divergences.append(
@@ -195,8 +202,13 @@ def _registry(functions: Iterable[Any]) -> FunctionRegistry:
     return registry_of(functions)
 
 
-def replay(recorded: RecordedRun, functions: FunctionRegistry | Iterable[Any] | FunctionDef | Any) -> ReplayReport:
-    """Replay a recorded run against ``functions`` (FunctionDefs, a Steplog client, a registry)."""
+def replay(
+    recorded: RecordedRun, functions: FunctionRegistry | Iterable[Any] | FunctionDef | Any, *,
+    limits: Limits | None = None,
+) -> ReplayReport:
+    """Replay a recorded run against ``functions`` (FunctionDefs, a Steplog client, a registry) under
+    ``limits`` (default: the client's, if a client is given, else the defaults)."""
+    limits = limits or _limits_of(functions)
     registry = functions if isinstance(functions, FunctionRegistry) else _registry([functions])
     function = registry.get(recorded.function_id)
     if function is None:
@@ -208,10 +220,11 @@ def replay(recorded: RecordedRun, functions: FunctionRegistry | Iterable[Any] | 
     history = fold(recorded.run_id, recorded.entries, recorded.signals)
     state = fold(recorded.run_id, entries, recorded.signals)
     divergences: list[str] = []
-    hooks = _ReplayHooks(history, ending is not None, divergences)
+    failed_in_a_body = ending is not None and (ending.data.get("error") or {}).get("name") in IN_BODY_FAILURES
+    hooks = _ReplayHooks(history, ending is not None, divergences, failed_in_a_body)
     committed: list[NewEntry] = []
     invocation = Invocation(
-        function, state, commit=committed.extend, clock=ManualClock(_replay_time(recorded)), limits=Limits(),
+        function, state, commit=committed.extend, clock=ManualClock(_replay_time(recorded)), limits=limits,
         coordinate=_coordinator(committed), registry=registry, hooks=hooks,
     )
     try:
@@ -226,6 +239,11 @@ def replay(recorded: RecordedRun, functions: FunctionRegistry | Iterable[Any] | 
         divergences.extend(_different_ending(ending, outcome.status, outcome.output, outcome.error))
     return ReplayReport(recorded.run_id, recorded.function_id, tuple(divergences), tuple(hooks.keys),
                         outcome.status)
+
+
+def _limits_of(functions: Any) -> Limits:
+    limits = getattr(functions, "limits", None)
+    return limits if isinstance(limits, Limits) else Limits()
 
 
 def _replay_time(recorded: RecordedRun) -> datetime:
@@ -287,8 +305,8 @@ def _error_text(error: Any) -> str:
     return f"{error.get('name')}: {error.get('message')}"
 
 
-def assert_replays(recorded: RecordedRun, functions: Any) -> ReplayReport:
+def assert_replays(recorded: RecordedRun, functions: Any, *, limits: Limits | None = None) -> ReplayReport:
     """Replay and raise AssertionError with the report if the code diverges; else return the report."""
-    report = replay(recorded, functions)
+    report = replay(recorded, functions, limits=limits)
     report.raise_for_divergence()
     return report
