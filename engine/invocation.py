@@ -63,6 +63,13 @@ class Branch:
 BRANCH: contextvars.ContextVar[Branch | None] = contextvars.ContextVar("steplog_branch", default=None)
 
 
+def is_process_exit(error: BaseException | None) -> bool:
+    """A BaseException that is none of the engine's interrupts: the process is going down
+    (SystemExit, KeyboardInterrupt, a test harness's simulated crash). It wins over anything a
+    run's code or its other branches did, and escapes the invocation with nothing committed."""
+    return error is not None and not isinstance(error, (Exception, _Cancel, _Suspend, _HostFailure, _Abort))
+
+
 class _Cancel(BaseException):
     """The run was cancelled; the invocation records it and ends."""
 
@@ -559,11 +566,22 @@ class Invocation:
         try:
             output = self._call(context)
         except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here
+            if is_process_exit(raised):
+                raise
+            self._raise_process_exit_of_a_task()
             return self._conclude(self._interrupt or self._task_suspension() or raised)
+        self._raise_process_exit_of_a_task()
         pending = self._interrupt or self._task_suspension()
         if pending is not None:
             return self._conclude(pending)
         return self._complete(output)
+
+    def _raise_process_exit_of_a_task(self) -> None:
+        """A gathered task that ended the process (SystemExit, KeyboardInterrupt, a test's simulated
+        crash) ends it even if another task's suspension or error reached the function first."""
+        for task in self.step_tasks:
+            if task.done() and not task.cancelled() and is_process_exit(task.exception()):
+                raise task.exception()
 
     def _task_suspension(self) -> _Suspend | None:
         """The earliest suspension of a gathered task, if any: the run must wait for it."""

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from steplog.engine.invocation import BRANCH, Branch, Invocation, _Suspend
+from steplog.engine.invocation import BRANCH, Branch, Invocation, _Suspend, is_process_exit
 
 
 class Group:
@@ -81,6 +81,9 @@ def _gathered(
     invocation: Invocation, branches: list[Branch], results: list[Any], errors: list[BaseException | None]
 ) -> tuple[Any, ...]:
     """The branches' results; or the run's interrupt, the branches' suspension, or the first branch's error."""
+    for error in errors:
+        if is_process_exit(error):
+            raise error  # type: ignore[misc]
     invocation.check_interrupt()
     wakes = [branch.suspended.wake_at for branch in branches if branch.suspended is not None]
     if wakes:

@@ -76,7 +76,7 @@ class Engine:
         committer: Committer | None = None,
     ) -> None:
         self.store = store
-        self.registry = registry or FunctionRegistry()
+        self.registry = registry if registry is not None else FunctionRegistry()
         self.clock: Clock = clock or SystemClock()
         self.limits = limits or Limits()
         self.committer: Committer = committer or self._commit_directly

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from steplog.engine import queries
+from steplog.engine import records as r
 from steplog.engine.clock import ManualClock
 from steplog.engine.coordination import SendEvents
 from steplog.engine.durations import Duration, parse_duration
@@ -35,7 +36,7 @@ __all__ = ["DEFAULT_START", "NondeterministicRunError", "TestEngine", "registry_
 
 DEFAULT_START = datetime(2030, 1, 1, tzinfo=UTC)
 """Where a test engine's clock starts, unless told: a fixed time, so tests repeat exactly."""
-ENDED = ("completed", "failed")
+ENDED = ("completed", "failed", "cancelled")
 MAX_CRASHES_PER_DRAIN = 1000
 
 
@@ -57,9 +58,9 @@ def _flatten(items: Iterable[Any]) -> Iterable[FunctionDef]:
         if isinstance(item, FunctionDef):
             yield item
         elif isinstance(getattr(item, "registry", None), FunctionRegistry):
-            yield from item.registry.all()
+            yield from _defined(item.registry)
         elif isinstance(item, FunctionRegistry):
-            yield from item.all()
+            yield from _defined(item)
         elif isinstance(item, Iterable) and not isinstance(item, (str, bytes, dict)):
             yield from _flatten(item)
         else:
@@ -75,6 +76,14 @@ def _client_limits(items: Iterable[Any]) -> Limits | None:
         if isinstance(limits, Limits) and isinstance(getattr(item, "registry", None), FunctionRegistry):
             return limits
     return None
+
+
+def _defined(registry: FunctionRegistry) -> list[FunctionDef]:
+    """The functions of a registry as they were defined: not the failure handlers it derived from
+    them (``<id>-failure``), which registering them again derives anew."""
+    functions = registry.all()
+    derived = {f"{function.id}-failure" for function in functions if function.on_failure is not None}
+    return [function for function in functions if function.id not in derived]
 
 
 class TestEngine:
@@ -107,6 +116,8 @@ class TestEngine:
             raise ValueError(f"store must be 'sqlite' or 'memory', got {store!r}")
         if clock is not None and start is not None:
             raise ValueError("give clock= or start=, not both")
+        if store == "memory" and path is not None:
+            raise ValueError("path= is for store='sqlite'; the memory store has no file")
         self.registry = registry_of(functions)
         self.clock = clock or ManualClock(start or DEFAULT_START)
         self.limits = limits or _client_limits(functions) or Limits()
@@ -319,14 +330,17 @@ class TestEngine:
         return TestRun(self, run_id)
 
     def runs(self, function_id: str | None = None, status: str | None = None) -> list[TestRun]:
-        """Runs, oldest first, of a function and in a status if given."""
-        rows = queries.list_runs(self.store, function_id=function_id, status=status, limit=None)
-        return [TestRun(self, row["run_id"]) for row in reversed(rows)]
+        """Runs of a function and in a status if given, in the order they were scheduled."""
+        return self._in_log_order(queries.list_runs(self.store, function_id=function_id, status=status, limit=None))
 
     def runs_for(self, event_id: str) -> list[TestRun]:
-        """The runs an event started (by the id ``send`` returned, or the id you gave), oldest first."""
-        rows = queries.list_runs(self.store, event_id=event_id, limit=None)
-        return [TestRun(self, row["run_id"]) for row in reversed(rows)]
+        """The runs an event started (by the id ``send`` returned, or the id you gave), in order."""
+        return self._in_log_order(queries.list_runs(self.store, event_id=event_id, limit=None))
+
+    def _in_log_order(self, rows: list[dict[str, Any]]) -> list[TestRun]:
+        # On a stopped clock many runs share a scheduling time: the log's order is the true one.
+        position = {row["run_id"]: self.store.read_stream(r.run_stream(row["run_id"]))[0].position for row in rows}
+        return [TestRun(self, run_id) for run_id in sorted(position, key=position.__getitem__)]
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """Received events, oldest first, each with the runs it started."""

@@ -216,29 +216,49 @@ def replay(
         divergence = f"function {recorded.function_id!r} is not defined (functions given: {known})"
         return ReplayReport(recorded.run_id, recorded.function_id, (divergence,), (), None)
     ending = recorded.ending
+    cancelled = ending is not None and ending.type == r.RUN_CANCELLED
     entries = [entry for entry in recorded.entries if entry.type not in ENDINGS]
-    history = fold(recorded.run_id, recorded.entries, recorded.signals)
-    state = fold(recorded.run_id, entries, recorded.signals)
+    # A cancel (requested, or a timeout) came from outside the code: replay the code as if it had not,
+    # up to where the run was stopped.
+    signals = [signal for signal in recorded.signals if signal.type != r.CANCEL_REQUESTED]
+    history = fold(recorded.run_id, recorded.entries, signals)
+    state = fold(recorded.run_id, entries, signals)
     divergences: list[str] = []
-    failed_in_a_body = ending is not None and (ending.data.get("error") or {}).get("name") in IN_BODY_FAILURES
-    hooks = _ReplayHooks(history, ending is not None, divergences, failed_in_a_body)
+    finished = ending is not None and not cancelled
+    failed_in_a_body = finished and (ending.data.get("error") or {}).get("name") in IN_BODY_FAILURES  # type: ignore[union-attr]
+    hooks = _ReplayHooks(history, finished, divergences, failed_in_a_body)
     committed: list[NewEntry] = []
     invocation = Invocation(
-        function, state, commit=committed.extend, clock=ManualClock(_replay_time(recorded)), limits=limits,
-        coordinate=_coordinator(committed), registry=registry, hooks=hooks,
+        attrs.evolve(function, timeouts=None), state, commit=committed.extend,
+        clock=ManualClock(_replay_time(recorded)), limits=limits, coordinate=_coordinator(committed),
+        registry=registry, hooks=hooks,
     )
     try:
         outcome = invocation.run(make_context(invocation))
     except _Stop as stop:
         divergences.append(str(stop))
-        return ReplayReport(recorded.run_id, recorded.function_id, tuple(divergences), tuple(hooks.keys), None)
+        return _report(recorded, divergences, hooks, None)
     if hooks.frontier is not None or (divergences and outcome.status == "failed"):
-        return ReplayReport(recorded.run_id, recorded.function_id, tuple(divergences), tuple(hooks.keys), None)
-    if ending is not None:
-        divergences.extend(_vanished(history, hooks.keys))
+        return _report(recorded, divergences, hooks, None)
+    divergences.extend(_vanished(history, hooks.keys))
+    if finished:
+        assert ending is not None
         divergences.extend(_different_ending(ending, outcome.status, outcome.output, outcome.error))
-    return ReplayReport(recorded.run_id, recorded.function_id, tuple(divergences), tuple(hooks.keys),
-                        outcome.status)
+    elif outcome.status in ("completed", "failed"):
+        divergences.extend(_ends_before_its_step(history, outcome.status, outcome.error))
+    return _report(recorded, divergences, hooks, outcome.status)
+
+
+def _report(recorded: RecordedRun, divergences: list[str], hooks: _ReplayHooks, ended: str | None) -> ReplayReport:
+    return ReplayReport(recorded.run_id, recorded.function_id, tuple(divergences), tuple(hooks.keys), ended)
+
+
+def _ends_before_its_step(history: RunState, status: str, error: Any) -> list[str]:
+    """A run in progress (or stopped by a cancel) whose code now ends before the step it is at."""
+    pending = _pending_step(history)
+    where = f"is at step {pending!r}" if pending is not None else "had not ended"
+    why = f" ({_error_text(error)})" if error else ""
+    return [f"the recorded run {where}; the code now ends {status}{why} before reaching it"]
 
 
 def _limits_of(functions: Any) -> Limits:

@@ -89,12 +89,14 @@ class TestRun:
 
     @property
     def attempts(self) -> list[StepAttempt]:
-        """Every step attempt, in order."""
-        return self.history.steps
+        """Every step attempt, in order, each as it stands now (a sleep or wait that began and then
+        completed is one attempt, ``completed``)."""
+        return latest_per_attempt(self.history.steps)
 
     def step_attempts(self, step_id: str) -> list[StepAttempt]:
-        """The attempts of one step (by the id given to the step tool), in order."""
-        return [attempt for attempt in self.attempts if attempt.id == step_id]
+        """The attempts of one step, in order: by the id given to the step tool (every use of a repeated
+        id), or by its key (``"item:1"``, the second use)."""
+        return [attempt for attempt in self.attempts if step_id in (attempt.id, attempt.step)]
 
     def step_output(self, step_id: str) -> Any:
         """The committed output of a completed step; AssertionError if it has not completed."""
@@ -145,10 +147,9 @@ class TestRun:
     def assert_step(self, step_id: str, *, output: Any = ANY, attempts: int | None = None) -> TestRun:
         """A step completed (with ``output``), after exactly ``attempts`` attempts if given."""
         tried = self.step_attempts(step_id)
-        if output is not ANY or not tried:
-            found = self.step_output(step_id)
-            if output is not ANY and found != output:
-                self._fail(f"step {step_id!r} returned {_json(found)}, expected {_json(output)}")
+        found = self.step_output(step_id)
+        if output is not ANY and found != output:
+            self._fail(f"step {step_id!r} returned {_json(found)}, expected {_json(output)}")
         if attempts is not None and len(tried) != attempts:
             self._fail(f"step {step_id!r} took {len(tried)} attempts, expected {attempts}")
         return self
@@ -176,6 +177,14 @@ class TestRun:
         raise AssertionError(f"run {self.run_id} of {self.function_id!r} {what}\n{self.describe()}")
 
 
+def latest_per_attempt(attempts: list[StepAttempt]) -> list[StepAttempt]:
+    """One entry per (step, attempt): its latest, in the order the attempts began."""
+    latest: dict[tuple[str, int], StepAttempt] = {}
+    for attempt in attempts:
+        latest[(attempt.step, attempt.attempt)] = attempt
+    return list(latest.values())
+
+
 def _time_or_none(text: str | None) -> datetime | None:
     return parse_time(text) if text else None
 
@@ -186,13 +195,10 @@ def describe_history(history: RunHistory) -> str:
     for attempt in history.steps:
         lines.append("  " + _attempt_line(attempt))
     error = run.get("error")
-    if isinstance(error, str):
-        error = json.loads(error)
     if isinstance(error, dict):
         lines.append(f"  -> {error.get('name')}: {error.get('message')}")
     elif run["status"] == "completed":
-        output = run.get("output")
-        lines.append(f"  -> returned {_json(json.loads(output) if isinstance(output, str) else output)}")
+        lines.append(f"  -> returned {_json(run.get('output'))}")
     return "\n".join(lines)
 
 
