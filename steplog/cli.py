@@ -524,7 +524,8 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     else:
         for report in diverged:
             print(report, file=out)
-        print(f"{len(reports)} runs replayed: {len(reports) - len(diverged)} ok, {len(diverged)} diverge", file=out)
+        runs = "run" if len(reports) == 1 else "runs"
+        print(f"{len(reports)} {runs} replayed: {len(reports) - len(diverged)} ok, {len(diverged)} diverge", file=out)
     return 1 if diverged else 0
 
 

@@ -15,11 +15,18 @@ import attrs
 if TYPE_CHECKING:
     from steplog.testing.harness import TestEngine
 
+class _PrintsAsCode:
+    """Hypothesis prints a shrunk example with ``_repr_pretty_`` when it is there: as test code."""
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+
 __all__ = ["Action", "Advance", "AdvanceToNextTimer", "CancelRun", "Crash", "CrashDuring", "FailurePlan", "Send", "play"]
 
 
 @attrs.frozen
-class Send:
+class Send(_PrintsAsCode):
     """Send events and run until idle."""
 
     events: tuple[Mapping[str, Any], ...]
@@ -33,7 +40,7 @@ class Send:
 
 
 @attrs.frozen
-class Advance:
+class Advance(_PrintsAsCode):
     """Move the clock forward and run what became due."""
 
     by: timedelta
@@ -46,7 +53,7 @@ class Advance:
 
 
 @attrs.frozen
-class AdvanceToNextTimer:
+class AdvanceToNextTimer(_PrintsAsCode):
     """Move the clock to the next timer, if any, and run what became due."""
 
     def apply(self, engine: TestEngine) -> None:
@@ -57,7 +64,7 @@ class AdvanceToNextTimer:
 
 
 @attrs.frozen
-class Crash:
+class Crash(_PrintsAsCode):
     """The process dies between two commits; ``downtime`` passes before it starts again."""
 
     downtime: timedelta = timedelta(0)
@@ -71,7 +78,7 @@ class Crash:
 
 
 @attrs.frozen
-class CrashDuring:
+class CrashDuring(_PrintsAsCode):
     """The next attempt of this step runs its body, then the process dies before the commit."""
 
     step_id: str
@@ -88,7 +95,7 @@ class CrashDuring:
 
 
 @attrs.frozen
-class CancelRun:
+class CancelRun(_PrintsAsCode):
     """Cancel the ``index``-th run that has not ended (modulo how many there are), if any."""
 
     index: int
@@ -112,7 +119,7 @@ def play(engine: TestEngine, actions: Iterable[Action]) -> None:
 
 
 @attrs.frozen
-class FailurePlan:
+class FailurePlan(_PrintsAsCode):
     """How steps fail in one test: ``fails[step]`` attempts fail first (then the real body runs);
     every attempt of a step in ``fatal`` raises NonRetriableError; ``crashes[step]`` times the body
     runs and the process dies before its result is committed."""
@@ -130,4 +137,4 @@ class FailurePlan:
             engine.stub(step_id, raises=raises, fails=self.fails.get(step_id, 0), crashes=self.crashes.get(step_id, 0))
 
     def __repr__(self) -> str:
-        return f"FailurePlan(fails={dict(self.fails)!r}, fatal={set(self.fatal) or '{}'}, crashes={dict(self.crashes)!r})"
+        return f"FailurePlan(fails={dict(self.fails)!r}, fatal={set(self.fatal) or 'set()'}, crashes={dict(self.crashes)!r})"

@@ -15,6 +15,7 @@ Step order is not compared: steps are memoized by id, so a reordered function re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -240,6 +241,9 @@ def replay(
         return _report(recorded, divergences, hooks, None)
     if hooks.frontier is not None or (divergences and outcome.status == "failed"):
         return _report(recorded, divergences, hooks, None)
+    changed = _changed_kind(outcome.error, ending)
+    if changed is not None:
+        return _report(recorded, [changed], hooks, outcome.status)
     divergences.extend(_vanished(history, hooks.keys))
     if finished:
         assert ending is not None
@@ -251,6 +255,25 @@ def replay(
 
 def _report(recorded: RecordedRun, divergences: list[str], hooks: _ReplayHooks, ended: str | None) -> ReplayReport:
     return ReplayReport(recorded.run_id, recorded.function_id, tuple(divergences), tuple(hooks.keys), ended)
+
+
+def _changed_kind(error: Any, ending: Entry | None) -> str | None:
+    """The one thing to say when the code now asks for a recorded step id as another kind of step
+    (and the recorded run did not fail that way itself)."""
+    if not isinstance(error, dict) or error.get("name") != "NondeterminismError":
+        return None
+    recorded_error = (ending.data.get("error") or {}) if ending is not None else {}
+    if recorded_error.get("name") == "NondeterminismError":
+        return None
+    found = _KIND_CHANGE.search(str(error.get("message")))
+    if found is None:
+        return f"a step changed kind (NondeterminismError): {error.get('message')}"
+    key, was, now = found.groups()
+    return (f"step {key!r} was a {STEP_WORDS.get(was, was)} step in the recorded run; the code now asks for a"
+            f" {STEP_WORDS.get(now, now)} step there (NondeterminismError)")
+
+
+_KIND_CHANGE = re.compile(r"step '(.*)': the log records a '(\w+)' step, the code now asks for a '(\w+)' step")
 
 
 def _ends_before_its_step(history: RunState, status: str, error: Any) -> list[str]:

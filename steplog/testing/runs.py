@@ -21,7 +21,8 @@ ANY: Any = object()
 
 
 class TestRun:
-    """A live view of one run: every property reads the log again, so it stays true across ``crash()``."""
+    """A live view of one run: every property reads the log again, so it stays true across ``crash()``.
+    Its assertions set ``__tracebackhide__``, so pytest points at the test's line, not theirs."""
 
     __test__ = False  # not a pytest test class
 
@@ -100,6 +101,7 @@ class TestRun:
 
     def step_output(self, step_id: str) -> Any:
         """The committed output of a completed step; AssertionError if it has not completed."""
+        __tracebackhide__ = True
         done = [a for a in self.step_attempts(step_id) if a.status == "completed"]
         if not done:
             raise AssertionError(f"step {step_id!r} of {self} has not completed\n{self.describe()}")
@@ -122,6 +124,7 @@ class TestRun:
 
     def assert_completed(self, output: Any = ANY) -> TestRun:
         """The run completed (with ``output``, if given)."""
+        __tracebackhide__ = True
         self._expect_status("completed")
         if output is not ANY and self.output != output:
             self._fail(f"returned {_json(self.output)}, expected {_json(output)}")
@@ -129,23 +132,27 @@ class TestRun:
 
     def assert_failed(self, name: str | None = None, message: str | None = None) -> TestRun:
         """The run failed (with an error of this ``name``, whose message contains ``message``)."""
+        __tracebackhide__ = True
         self._expect_status("failed")
         self._expect_error(name, message)
         return self
 
     def assert_cancelled(self, reason: str | None = None) -> TestRun:
         """The run was cancelled (with ``reason`` in its message, if given)."""
+        __tracebackhide__ = True
         self._expect_status("cancelled")
         self._expect_error(None, reason)
         return self
 
     def assert_waiting(self) -> TestRun:
         """The run is waiting: sleeping, waiting for an event or a retry, or throttled."""
+        __tracebackhide__ = True
         self._expect_status("waiting")
         return self
 
     def assert_step(self, step_id: str, *, output: Any = ANY, attempts: int | None = None) -> TestRun:
         """A step completed (with ``output``), after exactly ``attempts`` attempts if given."""
+        __tracebackhide__ = True
         tried = self.step_attempts(step_id)
         found = self.step_output(step_id)
         if output is not ANY and found != output:
@@ -154,19 +161,41 @@ class TestRun:
             self._fail(f"step {step_id!r} took {len(tried)} attempts, expected {attempts}")
         return self
 
+    def assert_step_failed(
+        self, step_id: str, *, name: str | None = None, message: str | None = None, attempts: int | None = None
+    ) -> TestRun:
+        """A step failed for good (no retry left, or NonRetriableError), with an error of this ``name``
+        whose message contains ``message``, after exactly ``attempts`` attempts if given."""
+        __tracebackhide__ = True
+        tried = self.step_attempts(step_id)
+        final = [attempt for attempt in tried if attempt.status == "failed"]
+        if not final:
+            self._fail(f"step {step_id!r} did not fail for good (its attempts: {[a.status for a in tried]})")
+        error = final[-1].error or {}
+        if name is not None and error.get("name") != name:
+            self._fail(f"step {step_id!r} failed with {error.get('name')}, expected {name}")
+        if message is not None and message not in str(error.get("message")):
+            self._fail(f"step {step_id!r} failed with message {error.get('message')!r}, expected it to contain {message!r}")
+        if attempts is not None and len(tried) != attempts:
+            self._fail(f"step {step_id!r} took {len(tried)} attempts, expected {attempts}")
+        return self
+
     def assert_no_step(self, step_id: str) -> TestRun:
         """The run never took the step."""
+        __tracebackhide__ = True
         if self.step_attempts(step_id):
             self._fail(f"took step {step_id!r}, expected it not to")
         return self
 
     def _expect_status(self, status: str) -> None:
+        __tracebackhide__ = True
         if self.status != status:
             error = self.error
             why = f" ({error['name']}: {error['message']})" if error else ""
             self._fail(f"is {self.status}{why}, expected {status}")
 
     def _expect_error(self, name: str | None, message: str | None) -> None:
+        __tracebackhide__ = True
         error = self.error or {}
         if name is not None and error.get("name") != name:
             self._fail(f"failed with {error.get('name')}, expected {name}")
@@ -174,6 +203,7 @@ class TestRun:
             self._fail(f"failed with message {error.get('message')!r}, expected it to contain {message!r}")
 
     def _fail(self, what: str) -> None:
+        __tracebackhide__ = True
         raise AssertionError(f"run {self.run_id} of {self.function_id!r} {what}\n{self.describe()}")
 
 

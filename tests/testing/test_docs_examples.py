@@ -278,7 +278,7 @@ def test_export_and_replay_as_the_page_shows(tmp_path: Path) -> None:
     assert exported.returncode == 0, exported.stderr
     assert f"wrote run {run_id}" in exported.stdout
     replayed = steplog_command(directory, "replay", "app:client", "runs/receipt-42.json")
-    assert (replayed.returncode, replayed.stdout) == (0, "1 runs replayed: 1 ok, 0 diverge\n"), replayed.stderr
+    assert (replayed.returncode, replayed.stdout) == (0, "1 run replayed: 1 ok, 0 diverge\n"), replayed.stderr
     replayed = steplog_command(directory, "replay", "app:client", "--db", "shop.db", "--function", "send-receipt",
                                "--status", "completed")
     assert (replayed.returncode, replayed.stdout) == (0, "2 runs replayed: 2 ok, 0 diverge\n"), replayed.stderr
