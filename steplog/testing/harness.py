@@ -7,6 +7,7 @@ when the test moves it, and ``crash()`` throws away everything but the log, as `
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -222,6 +223,7 @@ class TestEngine:
     def run_until_idle(self) -> int:
         """Run every run that can run now, firing what is due; returns how many invocations ran.
         A simulated crash in a step crashes the engine and goes on from the log."""
+        _refuse_a_running_event_loop()
         invocations = 0
         for _ in range(MAX_CRASHES_PER_DRAIN):
             try:
@@ -369,6 +371,19 @@ class TestEngine:
                         f"{report}\n(the run did not replay from its own history: its step ids, or which steps it"
                         f" takes, depend on something other than the log)\n{self.run(run_id).describe()}"
                     )
+
+
+def _refuse_a_running_event_loop() -> None:
+    """``async def`` functions run on their own event loop in the test's thread, which cannot be done
+    from inside another loop: say so, rather than let asyncio.run fail deep in the engine."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        "TestEngine runs your functions in the test's own thread and cannot do so inside a running event"
+        " loop: drive it from a plain `def test_...` (it runs `async def` functions itself)"
+    )
 
 
 def _failed_outside_its_code(row: dict[str, Any]) -> bool:

@@ -1117,3 +1117,21 @@ def test_an_event_with_a_future_ts_starts_its_run_exactly_then_even_after_a_cras
         assert run.status != "completed"
         assert engine.advance_to_next_timer() == later
         run.assert_completed()
+
+
+def test_driving_it_from_inside_an_event_loop_is_refused_with_advice() -> None:
+    client = new_client()
+
+    @client.create_function(fn_id="a", trigger=GO)
+    async def a(ctx: steplog.Context) -> int:
+        return int(await ctx.step.run("one", lambda: 1))
+
+    async def an_async_test(engine: TestEngine) -> None:
+        engine.trigger("app/go")
+
+    with TestEngine(client) as engine:
+        with pytest.raises(RuntimeError, match=r"drive it from a plain `def test_\.\.\.`"):
+            asyncio.run(an_async_test(engine))
+        engine.run_until_idle()  # the event was accepted before: outside the loop its run goes on
+        [run] = engine.runs("a")
+        run.assert_completed(1)
