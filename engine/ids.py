@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -12,9 +15,24 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _FROM_RFC4648 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
 
 
+RandomBytes = Callable[[int], bytes]
+_RANDOMNESS: ContextVar[RandomBytes] = ContextVar("steplog_id_randomness", default=os.urandom)
+
+
 def new_ulid(moment: datetime, randomness: bytes | None = None) -> str:
     """A ULID: 48 bits of milliseconds then 80 random bits, 26 characters, sortable by time."""
-    return _ulid_of(int(moment.timestamp() * 1000), int.from_bytes(randomness or os.urandom(10), "big"))
+    return _ulid_of(int(moment.timestamp() * 1000), int.from_bytes(randomness or _RANDOMNESS.get()(10), "big"))
+
+
+@contextmanager
+def id_randomness(source: RandomBytes) -> Iterator[None]:
+    """New ids made in this context (this thread, or task) take their random bits from ``source``:
+    a test harness's seeded generator makes the same ids, and so the same retry jitter, every time."""
+    token = _RANDOMNESS.set(source)
+    try:
+        yield
+    finally:
+        _RANDOMNESS.reset(token)
 
 
 class StepKeys:

@@ -101,9 +101,9 @@ class CancelRun(_PrintsAsCode):
     index: int
 
     def apply(self, engine: TestEngine) -> None:
-        live = [run for status in ("queued", "running", "waiting") for run in engine.runs(status=status)]
+        live = [run for run in engine.runs() if not run.finished]  # in the order they were scheduled
         if live:
-            engine.cancel(sorted(live, key=lambda run: run.run_id)[self.index % len(live)].run_id)
+            engine.cancel(live[self.index % len(live)].run_id)
 
     def __repr__(self) -> str:
         return f"engine.cancel(<live run {self.index}>)"

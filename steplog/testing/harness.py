@@ -8,12 +8,14 @@ when the test moves it, and ``crash()`` throws away everything but the log, as `
 from __future__ import annotations
 
 import asyncio
+import functools
+import random
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from steplog.engine import queries
 from steplog.engine import records as r
@@ -23,7 +25,7 @@ from steplog.engine.durations import Duration, parse_duration
 from steplog.engine.errors import FunctionNotFoundError
 from steplog.engine.events import prepare_events
 from steplog.engine.functions import FunctionDef, FunctionRegistry
-from steplog.engine.ids import new_ulid
+from steplog.engine.ids import id_randomness, new_ulid
 from steplog.engine.limits import Limits
 from steplog.engine.projector import RunProjector
 from steplog.engine.service import Engine, EventInput
@@ -39,6 +41,7 @@ DEFAULT_START = datetime(2030, 1, 1, tzinfo=UTC)
 """Where a test engine's clock starts, unless told: a fixed time, so tests repeat exactly."""
 ENDED = ("completed", "failed", "cancelled")
 MAX_CRASHES_PER_DRAIN = 1000
+T = TypeVar("T")
 
 
 class NondeterministicRunError(AssertionError):
@@ -70,6 +73,17 @@ def _flatten(items: Iterable[Any]) -> Iterable[FunctionDef]:
             )
 
 
+def _making_ids(method: Callable[..., T]) -> Callable[..., T]:
+    """The engine makes ids (events, runs) from the test engine's seeded generator while it runs this."""
+
+    @functools.wraps(method)
+    def seeded(self: TestEngine, *args: Any, **kwargs: Any) -> T:
+        with id_randomness(self._random.randbytes):
+            return method(self, *args, **kwargs)
+
+    return seeded
+
+
 def _client_limits(items: Iterable[Any]) -> Limits | None:
     """The limits of the first client given (its ``max_steps_per_run`` and the like), if any."""
     for item in items:
@@ -96,7 +110,8 @@ class TestEngine:
         engine.runs_for(event_id)[0].assert_completed({"charged": 7})
 
     ``store`` is ``"sqlite"`` (a temporary file, or ``path``) or ``"memory"``; ``limits`` default to
-    the client's, if a client is given. With
+    the client's, if a client is given. Event and run ids come from ``seed``, so the same test makes
+    the same ids (and the same retry jitter, which the run id seeds) every time. With
     ``check_determinism`` (the default) every run that ends is replayed from its own history, and a
     run whose code takes other steps the second time raises NondeterministicRunError.
     """
@@ -112,6 +127,7 @@ class TestEngine:
         start: datetime | None = None,
         limits: Limits | None = None,
         check_determinism: bool = True,
+        seed: int = 0,
     ) -> None:
         if store not in ("sqlite", "memory"):
             raise ValueError(f"store must be 'sqlite' or 'memory', got {store!r}")
@@ -133,6 +149,9 @@ class TestEngine:
             path = Path(self._directory.name) / "steplog.db"
         self.path = Path(path) if path is not None else None
         self._checked: set[str] = set()
+        self._positions: dict[str, int] = {}
+        """Where each run begins in the log: what orders runs (it never changes, so a crash keeps it)."""
+        self._random = random.Random(seed)
         self.store: EventStore = self._open_store(None)
         self.engine = self._open_engine()
 
@@ -146,6 +165,7 @@ class TestEngine:
         assert self.path is not None
         return SqliteEventStore(self.path, RunProjector(), synchronous="OFF")
 
+    @_making_ids
     def _open_engine(self) -> Engine:
         engine = Engine(self.store, registry=self.registry, clock=self.clock, limits=self.limits)
         engine.hooks = self.stubs
@@ -189,6 +209,7 @@ class TestEngine:
     def now(self) -> datetime:
         return self.clock.now()
 
+    @_making_ids
     def send(self, events: EventInput) -> list[str]:
         """Accept events (one, or a list) and queue the runs they start or resume; returns their ids.
         Nothing runs until ``run_until_idle()`` or ``advance()``: a crash() in between is a crash after
@@ -207,6 +228,7 @@ class TestEngine:
             raise AssertionError(f"event {name!r} started {len(runs)} runs ({started}); functions: {functions}")
         return runs[0]
 
+    @_making_ids
     def invoke(self, function_id: str, data: dict[str, Any] | None = None) -> TestRun:
         """Start a run of a function now with ``data``, whatever its triggers; run until idle; return it."""
         if self.registry.get(function_id) is None:
@@ -220,6 +242,7 @@ class TestEngine:
         [event_id] = answer.ids  # type: ignore[union-attr]
         return self.runs_for(event_id)[-1]
 
+    @_making_ids
     def run_until_idle(self) -> int:
         """Run every run that can run now, firing what is due; returns how many invocations ran.
         A simulated crash in a step crashes the engine and goes on from the log."""
@@ -284,6 +307,7 @@ class TestEngine:
             self.run_until_idle()
         return self.now
 
+    @_making_ids
     def cancel(self, run_id: str, reason: str = "cancelled by the test") -> bool:
         """Ask a run to cancel and run until idle; False if it had already ended."""
         cancelled = self.engine.cancel(run_id, reason)
@@ -310,8 +334,9 @@ class TestEngine:
         - ``body=callable``: called with the step's arguments instead of its body;
         - none of these: the real body runs;
         - ``fails=N``: the first N attempts raise StubError first (retried as any error is);
-        - ``crashes=N``: the first N times, the body runs and then the process dies before its
-          result is committed (a ``kill -9`` mid-step): the step runs again after the restart.
+        - ``crashes=N``: the first N times the body runs (after the planned failures), it returns or
+          raises and then the process dies before that is committed (a ``kill -9`` mid-step): the
+          attempt runs again after the restart.
 
         Returns the Stub, whose ``calls`` and ``attempts`` say how often the body was entered.
         """
@@ -335,14 +360,19 @@ class TestEngine:
         """Runs of a function and in a status if given, in the order they were scheduled."""
         return self._in_log_order(queries.list_runs(self.store, function_id=function_id, status=status, limit=None))
 
-    def runs_for(self, event_id: str) -> list[TestRun]:
-        """The runs an event started (by the id ``send`` returned, or the id you gave), in order."""
-        return self._in_log_order(queries.list_runs(self.store, event_id=event_id, limit=None))
+    def runs_for(self, event_id: str, function_id: str | None = None) -> list[TestRun]:
+        """The runs an event started (by the id ``send`` returned, or the id you gave), in order; of one
+        function if given."""
+        rows = queries.list_runs(self.store, event_id=event_id, function_id=function_id, limit=None)
+        return self._in_log_order(rows)
 
     def _in_log_order(self, rows: list[dict[str, Any]]) -> list[TestRun]:
         # On a stopped clock many runs share a scheduling time: the log's order is the true one.
-        position = {row["run_id"]: self.store.read_stream(r.run_stream(row["run_id"]))[0].position for row in rows}
-        return [TestRun(self, run_id) for run_id in sorted(position, key=position.__getitem__)]
+        for row in rows:
+            if row["run_id"] not in self._positions:
+                self._positions[row["run_id"]] = self.store.read_stream(r.run_stream(row["run_id"]))[0].position
+        ordered = sorted((row["run_id"] for row in rows), key=self._positions.__getitem__)
+        return [TestRun(self, run_id) for run_id in ordered]
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """Received events, oldest first, each with the runs it started."""

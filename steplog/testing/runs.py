@@ -108,6 +108,15 @@ class TestRun:
         return done[-1].output
 
     @property
+    def function_errors(self) -> list[dict[str, Any]]:
+        """Errors raised by the function's own code outside any step, each retried as the run's attempt:
+        ``{"attempt", "error", "retry_at"}``, in order. A final one is the run's ``error``."""
+        return [
+            {"attempt": entry.data["attempt"], "error": entry.data["error"], "retry_at": entry.data["retry_at"]}
+            for entry in self._engine.store.read_stream(r.run_stream(self.run_id)) if entry.type == r.RUN_ERRORED
+        ]
+
+    @property
     def completed_steps(self) -> list[str]:
         """The ids of the steps that completed, in order."""
         return [a.id for a in self.attempts if a.status == "completed"]

@@ -51,6 +51,8 @@ class DurableFunctionMachine(RuleBasedStateMachine):
     """Whether to cancel live runs too."""
     store: ClassVar[str] = "sqlite"
     """``"sqlite"`` (a temporary file per example) or ``"memory"``."""
+    check_determinism: ClassVar[bool] = True
+    """Replay each run that ends from its own history (this calls your function's code once more)."""
     settle_within: ClassVar[str] = "400d"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -65,10 +67,17 @@ class DurableFunctionMachine(RuleBasedStateMachine):
         super().__init__()
         if self.events is None:
             raise TypeError(f"{type(self).__name__} must set `events` to a strategy of events to send")
-        self.engine = TestEngine(*self.functions, store=self.store)  # type: ignore[arg-type]
         self.sent: list[dict[str, Any]] = []
         """Every event sent (acknowledged), in order."""
+        self.engine = TestEngine(
+            *self.make_functions(), store=self.store, check_determinism=self.check_determinism,  # type: ignore[arg-type]
+        )
         self.setup()
+
+    def make_functions(self) -> Sequence[Any]:
+        """The functions of one example: ``functions`` unless overridden, for instance to define
+        functions over state made fresh for each example."""
+        return self.functions
 
     def setup(self) -> None:
         """Called once per example after the engine is built: install stubs, reset your own state."""

@@ -70,20 +70,36 @@ class Stub:
         """One entry into the step's body, at ``attempt`` (from the log)."""
         self.calls += 1
         self.attempts.append(attempt)
-        if attempt < self.fails:
+        if attempt < self.fails:  # no body runs: nothing to crash after
             raise StubError(f"planned failure {attempt + 1} of {self.fails} of step {self.step_id!r} (a stub)")
-        result = self._result(handler, args, kwargs)
+        try:
+            result = self._result(handler, args, kwargs)
+        except Exception as error:
+            self._crash_if_planned(error)
+            raise
+        if inspect.isawaitable(result) and self.crashed < self.crashes:
+            return self._then_crash(result)  # an async body: it runs to its end, then the process dies
+        self._crash_if_planned(None)
+        return result
+
+    async def _then_crash(self, awaitable: Any) -> Any:
+        try:
+            result = await awaitable
+        except Exception as error:
+            self._crash_if_planned(error)
+            raise
+        self._crash_if_planned(None)
+        return result
+
+    def _crash_if_planned(self, cause: BaseException | None) -> None:
+        """Die here, whatever the body did (returned or raised), if a crash is still planned."""
         if self.crashed < self.crashes:
             self.crashed += 1
-            crash = SimulatedCrash(f"simulated crash {self.crashed} of {self.crashes} in step {self.step_id!r}")
-            if inspect.isawaitable(result):
-                return _then(result, crash)  # an async body: it runs to its end, then the process dies
-            raise crash
-        return result
+            raise SimulatedCrash(f"simulated crash {self.crashed} of {self.crashes} in step {self.step_id!r}") from cause
 
     def _result(self, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.raises is not None:
-            raise copy.copy(self.raises) if isinstance(self.raises, BaseException) else self.raises()
+            raise _fresh(self.raises)
         if self.body is not None:
             return self.body(*args, **kwargs)
         if self.returns is not UNSET:
@@ -91,9 +107,15 @@ class Stub:
         return handler(*args, **kwargs)
 
 
-async def _then(awaitable: Any, crash: SimulatedCrash) -> Any:
-    await awaitable
-    raise crash
+def _fresh(error: BaseException | type[BaseException]) -> BaseException:
+    """A new error to raise each time: a class called, or a copy of the instance (the instance itself
+    when it cannot be copied, as with errors whose constructor takes more than their message)."""
+    if isinstance(error, type):
+        return error()
+    try:
+        return copy.copy(error)
+    except Exception:  # noqa: BLE001 - any failure to copy: raise the original
+        return error
 
 
 def _is_error(value: Any) -> bool:
