@@ -49,7 +49,7 @@ class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     invocation: Invocation
 
     def isEnabledFor(self, level: int) -> bool:
-        return not self.invocation.replaying and self.logger.isEnabledFor(level)
+        return not (self.invocation.replaying or self.invocation.quiet) and self.logger.isEnabledFor(level)
 
 
 class _StepCore:

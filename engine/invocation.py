@@ -147,6 +147,8 @@ class Invocation:
     ) -> None:
         self.function = function
         self.hooks = hooks
+        self.quiet = False
+        """Set by a harness whose invocation is a check, not a run: ``ctx.logger`` says nothing."""
         self.state = state
         self.clock = clock
         self.limits = limits

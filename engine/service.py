@@ -281,11 +281,12 @@ class Engine:
         self.clock.advance(delta)
         return self.run_until_idle()
 
-    def next_timer(self) -> datetime | None:
-        """When the next timer (a run's, or a debounce's or batch's) is due, if any."""
+    def next_timer(self, *, crons: bool = True) -> datetime | None:
+        """When the next timer (a run's, a debounce's or batch's, or with ``crons`` a cron tick) is due."""
         while self._timers and self._due.get(self._timers[0][1]) != self._timers[0][0]:
             heapq.heappop(self._timers)  # replaced by a later one, or its run ended
-        due = [when for when in (self._timers[0][0] if self._timers else None, self.coordinator.next_due()) if when]
+        flow = self.coordinator.next_due() if crons else self.coordinator.flow.next_due()
+        due = [when for when in (self._timers[0][0] if self._timers else None, flow) if when]
         return min(due) if due else None
 
     def _arm(self, run_id: str, due: datetime | None) -> None:

@@ -22,7 +22,7 @@ from steplog.engine import records as r
 from steplog.engine.clock import ManualClock
 from steplog.engine.coordination import SendEvents
 from steplog.engine.durations import Duration, parse_duration
-from steplog.engine.errors import FunctionNotFoundError
+from steplog.engine.errors import EventError, FunctionNotFoundError
 from steplog.engine.events import prepare_events
 from steplog.engine.functions import FunctionDef, FunctionRegistry
 from steplog.engine.ids import id_randomness, new_ulid
@@ -39,7 +39,7 @@ __all__ = ["DEFAULT_START", "NondeterministicRunError", "TestEngine", "registry_
 
 DEFAULT_START = datetime(2030, 1, 1, tzinfo=UTC)
 """Where a test engine's clock starts, unless told: a fixed time, so tests repeat exactly."""
-ENDED = ("completed", "failed", "cancelled")
+ENDINGS = (r.RUN_COMPLETED, r.RUN_FAILED, r.RUN_CANCELLED)
 MAX_CRASHES_PER_DRAIN = 1000
 T = TypeVar("T")
 
@@ -148,11 +148,13 @@ class TestEngine:
             self._directory = tempfile.TemporaryDirectory(prefix="steplog-test-")
             path = Path(self._directory.name) / "steplog.db"
         self.path = Path(path) if path is not None else None
-        self._checked: set[str] = set()
         self._positions: dict[str, int] = {}
         """Where each run begins in the log: what orders runs (it never changes, so a crash keeps it)."""
         self._random = random.Random(seed)
         self.store: EventStore = self._open_store(None)
+        self._checked_up_to = self._opened_at = self.store.last_position()
+        """The determinism check has seen the log up to here; runs begun before ``_opened_at`` were
+        recorded by other code (an earlier version, on the same ``path``) and are not checked."""
         self.engine = self._open_engine()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -181,13 +183,14 @@ class TestEngine:
     def crash(self, downtime: Duration = 0) -> None:
         """Throw away every piece of memory, as ``kill -9`` would, and start again from the log; time
         may pass while the engine is down. Stubs, the clock and your own test state survive."""
+        down = _seconds(downtime, "downtime")
         if self._kind == "sqlite":
             self.store.close()
             self.store = self._open_store(None)
         else:
             self.store = self._open_store(self.store)
         self.crashes += 1
-        self.clock.advance(_seconds(downtime, "downtime"))
+        self.clock.advance(down)
         self.engine = self._open_engine()
 
     def close(self) -> None:
@@ -218,21 +221,33 @@ class TestEngine:
 
     def trigger(self, name: str, data: dict[str, Any] | None = None, **fields: Any) -> TestRun:
         """Send one event, run until idle, and return the one run it started (AssertionError if it
-        started none or several)."""
-        [event_id] = self.send({"name": name, "data": data or {}, **fields})
+        started none or several, saying why when it can)."""
+        [event_id] = self.send({"name": name, "data": {} if data is None else data, **fields})
         self.run_until_idle()
         runs = self.runs_for(event_id)
         if len(runs) != 1:
-            started = ", ".join(repr(run) for run in runs) or "none"
-            functions = ", ".join(repr(f.id) for f in self.registry.all()) or "none registered"
-            raise AssertionError(f"event {name!r} started {len(runs)} runs ({started}); functions: {functions}")
+            raise AssertionError(self._why_not_one_run(name, event_id, runs))
         return runs[0]
+
+    def _why_not_one_run(self, name: str, event_id: str, runs: list[TestRun]) -> str:
+        started = ", ".join(repr(run) for run in runs) or "none"
+        why = ""
+        [event] = [e for e in self.events() if e["internal_id"] == event_id] or [{}]
+        if event.get("duplicate"):
+            why = "; it was a duplicate of an earlier event with the same id"
+        elif event.get("flow"):
+            why = f"; flow control: {event['flow']}"
+        functions = ", ".join(repr(f.id) for f in self.registry.all()) or "none registered"
+        return f"event {name!r} started {len(runs)} runs ({started}){why}; functions: {functions}"
 
     @_making_ids
     def invoke(self, function_id: str, data: dict[str, Any] | None = None) -> TestRun:
         """Start a run of a function now with ``data``, whatever its triggers; run until idle; return it."""
-        if self.registry.get(function_id) is None:
+        function = self.registry.get(function_id)
+        if function is None:
             raise FunctionNotFoundError(f"no function {function_id!r}")
+        if data is not None and not isinstance(data, dict):
+            raise EventError(f"invoke data must be a JSON object, got {type(data).__name__}")
         event = invoked_event(function_id, data or {}, f"invoke-{new_ulid(self.now)}")
         prepare_events(event, now=self.now, limits=self.limits, allow_reserved=True)
         answer = self.engine.coordinate(SendEvents([event], internal=True))
@@ -240,7 +255,15 @@ class TestEngine:
             raise answer
         self.run_until_idle()
         [event_id] = answer.ids  # type: ignore[union-attr]
-        return self.runs_for(event_id)[-1]
+        runs = self.runs_for(event_id)
+        if not runs:
+            held = [name for name in ("debounce", "batch", "rate_limit") if getattr(function.flow, name, None)]
+            how = f" (its {' and '.join(held)} holds or drops the event)" if held else ""
+            raise AssertionError(
+                f"invoking {function_id!r} started no run yet{how}; advance the clock and look in"
+                f" engine.runs({function_id!r})"
+            )
+        return runs[-1]
 
     @_making_ids
     def run_until_idle(self) -> int:
@@ -253,6 +276,7 @@ class TestEngine:
                 invocations += self.engine.run_until_idle()
                 break
             except SimulatedCrash:
+                invocations += 1  # the one the crash ended
                 self.crash()
         else:
             raise AssertionError(f"{MAX_CRASHES_PER_DRAIN} simulated crashes in a row: does a stub crash forever?")
@@ -266,7 +290,9 @@ class TestEngine:
         return self.advance_to(self.now + _seconds(duration, "advance"))
 
     def advance_to(self, moment: datetime) -> int:
-        """Let time pass until ``moment`` (never back), firing each timer at its own time."""
+        """Let time pass until ``moment`` (an aware datetime, never back), firing each timer at its own time."""
+        if not isinstance(moment, datetime) or moment.tzinfo is None:
+            raise TypeError(f"advance_to needs an aware datetime (with a tzinfo), got {moment!r}")
         if moment < self.now:
             raise ValueError(f"the clock is at {self.now.isoformat()}; it cannot go back to {moment.isoformat()}")
         invocations = self.run_until_idle()
@@ -295,16 +321,16 @@ class TestEngine:
         return due
 
     def settle(self, *, within: Duration = "400d") -> datetime:
-        """Advance from timer to timer until nothing is due ``within`` this time from now; returns the
-        clock. Cron functions always have a next tick: they stop at ``within``."""
-        limit = self.now + parse_duration(within, what="within")
+        """Advance from timer to timer until nothing but cron ticks is due ``within`` this time from now
+        (each run has ended or waits for an event); returns the clock. Cron ticks on the way fire at
+        their time; a cron function alone is not followed (its next tick is always due)."""
+        limit = self.now + _seconds(within, "within")
         self.run_until_idle()
-        while (due := self.next_timer()) is not None and due <= limit:
+        while (due := self.engine.next_timer(crons=False)) is not None and due <= limit:
             if due > self.now:
-                self.clock.set(due)
-            elif self.run_until_idle() == 0 and self.next_timer() == due:
+                self.advance_to(due)
+            elif self.run_until_idle() == 0 and self.engine.next_timer(crons=False) == due:
                 break  # a timer that fires nothing and stays due: do not spin on it
-            self.run_until_idle()
         return self.now
 
     @_making_ids
@@ -345,9 +371,16 @@ class TestEngine:
         return self.stubs.add(Stub(step_id, function, returns, raises, body, fails, crashes))
 
     def crash_during(self, step_id: str, *, times: int = 1, function: str | None = None) -> Stub:
-        """The first ``times`` attempts of step ``step_id`` run their body, then the process dies before
-        the result is committed: what happens to a step that is not idempotent."""
-        return self.stub(step_id, crashes=times, function=function)
+        """The next ``times`` attempts of step ``step_id`` run their body, then the process dies before
+        the outcome is committed: what happens to a step that is not idempotent. Stubs already in
+        place for the step keep what they do and crash too."""
+        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            raise ValueError(f"crash_during({step_id!r}): times= must be 1 or more, got {times!r}")
+        existing = [stub for stub in self.stubs if stub.step_id == step_id
+                    and (function is None or stub.function_id in (None, function))]
+        for stub in existing:
+            stub.crashes += times
+        return existing[0] if existing else self.stub(step_id, crashes=times, function=function)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -368,11 +401,14 @@ class TestEngine:
 
     def _in_log_order(self, rows: list[dict[str, Any]]) -> list[TestRun]:
         # On a stopped clock many runs share a scheduling time: the log's order is the true one.
-        for row in rows:
-            if row["run_id"] not in self._positions:
-                self._positions[row["run_id"]] = self.store.read_stream(r.run_stream(row["run_id"]))[0].position
-        ordered = sorted((row["run_id"] for row in rows), key=self._positions.__getitem__)
+        ordered = sorted((row["run_id"] for row in rows), key=self._position_of)
         return [TestRun(self, run_id) for run_id in ordered]
+
+    def _position_of(self, run_id: str) -> int:
+        """Where the run begins in the log."""
+        if run_id not in self._positions:
+            self._positions[run_id] = self.store.read_stream(r.run_stream(run_id))[0].position
+        return self._positions[run_id]
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """Received events, oldest first, each with the runs it started."""
@@ -385,22 +421,22 @@ class TestEngine:
     # -- determinism -----------------------------------------------------------------------------
 
     def _check_ended_runs(self) -> None:
+        """Replay each run that ended since the last check (once each: the log says which)."""
         if not self.check_determinism:
             return
-        for status in ENDED:
-            for row in self.store.query("runs", where={"status": status}):
-                run_id = row["run_id"]
-                if run_id in self._checked:
-                    continue
-                self._checked.add(run_id)
-                if _failed_outside_its_code(row):
-                    continue
-                report = replay(self.export(run_id), self.registry, limits=self.limits)
-                if not report.ok:
-                    raise NondeterministicRunError(
-                        f"{report}\n(the run did not replay from its own history: its step ids, or which steps it"
-                        f" takes, depend on something other than the log)\n{self.run(run_id).describe()}"
-                    )
+        endings = self.store.read_all(after=self._checked_up_to, types=ENDINGS)
+        if endings:
+            self._checked_up_to = endings[-1].position
+        for entry in endings:
+            run_id = r.stream_id(entry.stream)
+            if self._position_of(run_id) <= self._opened_at or ENGINE_FAILURE in str(entry.data.get("error")):
+                continue
+            report = replay(self.export(run_id), self.registry, limits=self.limits)
+            if not report.ok:
+                raise NondeterministicRunError(
+                    f"{report}\n(the run did not replay from its own history: its step ids, or which steps it"
+                    f" takes, depend on something other than the log)\n{self.run(run_id).describe()}"
+                )
 
 
 def _refuse_a_running_event_loop() -> None:
@@ -416,16 +452,19 @@ def _refuse_a_running_event_loop() -> None:
     )
 
 
-def _failed_outside_its_code(row: dict[str, Any]) -> bool:
-    """A run the engine failed without running its code (``Engine.fail_run``): nothing to replay."""
-    return row["status"] == "failed" and ENGINE_FAILURE in (row["error"] or "")
-
-
 ENGINE_FAILURE = "the engine could not run this run"
 
 
+MAX_STEP_OF_TIME = timedelta(days=100 * 366)
+
+
 def _seconds(duration: Duration, what: str) -> timedelta:
-    delta = parse_duration(duration, what=what)
+    try:
+        delta = parse_duration(duration, what=what)
+    except OverflowError:
+        raise ValueError(f"{what} {duration!r} is too long (at most 100 years)") from None
     if delta < timedelta(0):
         raise ValueError(f"{what} must not be negative, got {duration!r}")
+    if delta > MAX_STEP_OF_TIME:
+        raise ValueError(f"{what} {duration!r} is too long (at most 100 years)")
     return delta

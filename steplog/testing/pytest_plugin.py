@@ -5,8 +5,8 @@ steplog is enough to have them.
 - ``steplog_functions``: the functions ``steplog_engine`` runs; empty unless you override it in
   your ``conftest.py`` (return your Steplog client, or a list of functions).
 - ``steplog_engine``: a ``TestEngine`` with those functions on ``manual_clock`` and a SQLite file in
-  the test's ``tmp_path``. ``@pytest.mark.steplog(store="memory", check_determinism=False)`` changes
-  how it is built.
+  the test's ``tmp_path``. ``@pytest.mark.steplog(store="memory", check_determinism=False)`` (on a
+  module, class or test; the nearer one wins option by option) changes how it is built.
 
 Loading the plugin imports the steplog package (about 0.4 s); nothing is built until a fixture is used.
 """
@@ -57,8 +57,7 @@ def steplog_engine(
     from steplog.testing.harness import TestEngine
 
     options: dict[str, Any] = {}
-    marker = request.node.get_closest_marker("steplog")
-    if marker is not None:
+    for marker in reversed(list(request.node.iter_markers("steplog"))):  # module, class, then the test's own
         if marker.args:
             raise pytest.UsageError("@pytest.mark.steplog takes keyword arguments only")
         unknown = set(marker.kwargs) - MARKER_OPTIONS

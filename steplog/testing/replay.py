@@ -144,16 +144,22 @@ class _Stop(Exception):
 
 @attrs.define
 class _ReplayHooks:
-    """StepHooks for a replay: note every step reached; stop at the first one not recorded."""
+    """StepHooks, commit and coordinator for a replay: note every step reached; stop at the first one
+    the history does not have, before its body runs or anything is written."""
 
     history: RunState
     finished: bool
     divergences: list[str]
+    failed: bool = False
+    """The recorded run failed: a new step may be where it failed (a bad option checked as the step
+    begins), so such a step goes on until it would run a body or write, and the ending is compared."""
     failed_in_a_body: bool = False
     """The recorded run failed from inside a step's body (a nested step): that step is never recorded."""
     keys: list[str] = attrs.field(factory=list)
     """The step keys reached, in order."""
     frontier: str | None = None
+    new_step: tuple[str, str] | None = None
+    committed: list[NewEntry] = attrs.field(factory=list)
 
     def reached(self, invocation: Invocation, key: str, kind: str, record: StepRecord | None) -> None:
         self.keys.append(key)
@@ -164,12 +170,10 @@ class _ReplayHooks:
         if self.failed_in_a_body:
             self.frontier = key  # the run failed inside this step's body, which a replay does not run
         elif self.finished:
-            unreached = [repr(k) for k in self.history.memo if k not in self.keys]
-            also = f"; recorded steps not reached so far: {', '.join(unreached)}" if unreached else ""
-            self.divergences.append(
-                f"the code now takes a {STEP_WORDS.get(kind, kind)} step {key!r} that the recorded run does not have"
-                f" (a new step, or a step id that changed){also}"
-            )
+            self.new_step = (key, kind)
+            if self.failed:
+                return  # see ``failed``: the body hook, the commit or the coordinator stops it
+            self.diverge_at_new_step()
         elif pending is not None and pending != key:
             self.divergences.append(
                 f"the recorded run is at step {pending!r}; the code now reaches a new {STEP_WORDS.get(kind, kind)}"
@@ -180,7 +184,62 @@ class _ReplayHooks:
         raise invocation.abort("ReplayStopped", f"replay stops at step {key!r}")
 
     def body(self, invocation: Invocation, step_id: str, key: str, handler: Callable[..., Any]) -> Callable[..., Any]:
-        return handler  # never reached: ``reached`` stops every new step before its body
+        self.diverge_at_new_step()
+        raise invocation.abort("ReplayStopped", f"replay stops at step {key!r}")
+
+    def diverge_at_new_step(self) -> None:
+        if self.new_step is None:
+            return
+        key, kind = self.new_step
+        self.new_step = None
+        unreached = [repr(k) for k in self.history.memo if k not in self.keys]
+        also = f"; recorded steps not reached so far: {', '.join(unreached)}" if unreached else ""
+        self.divergences.append(
+            f"the code now takes a {STEP_WORDS.get(kind, kind)} step {key!r} that the recorded run does not have"
+            f" (a new step, or a step id that changed){also}"
+        )
+
+    def commit(self, batch: Sequence[NewEntry]) -> None:
+        if any(entry.type not in QUIET_ENTRIES for entry in batch):
+            self.diverge_at_new_step()
+            raise _Stop("the code now records a step that the recorded run does not have")
+        self.committed.extend(batch)
+
+    def coordinate(self, request: Request) -> Answer:
+        if isinstance(request, EndRun):
+            self.commit(request.entries)
+            return Done()
+        self.diverge_at_new_step()
+        raise _Stop(f"the code now asks the engine for {type(request).__name__}, which the recorded run did not")
+
+    def raised_outside_steps(self, recorded: RecordedRun) -> list[str]:
+        """The code now raises outside any step (the run would retry), unlike the recorded run."""
+        errors = [entry.data["error"] for entry in self.committed if entry.type == r.RUN_ERRORED]
+        if not errors:
+            return []
+        last = _last_run_error(recorded)
+        if last is not None and _same_error(last, errors[0]):
+            return []
+        return [f"the code now raises {_error_text(errors[0])} outside any step (the run would retry it)"]
+
+
+QUIET_ENTRIES = {r.RUN_STARTED, r.RUN_RESUMED, r.RUN_SUSPENDED, r.RUN_ERRORED, *ENDINGS}
+"""What a replay may write: how the invocation began and ended, never a step."""
+
+
+def _last_run_error(recorded: RecordedRun) -> dict[str, Any] | None:
+    """The recorded run's error outside steps, if that is what it waits on (nothing after it but
+    suspensions)."""
+    for entry in reversed(recorded.entries):
+        if entry.type == r.RUN_ERRORED:
+            return dict(entry.data["error"])
+        if entry.type not in (r.RUN_SUSPENDED, r.RUN_RESUMED, *ENDINGS):
+            return None
+    return None
+
+
+def _same_error(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    return (one.get("name"), one.get("message")) == (other.get("name"), other.get("message"))
 
 
 def _pending_step(state: RunState) -> str | None:
@@ -226,14 +285,15 @@ def replay(
     state = fold(recorded.run_id, entries, signals)
     divergences: list[str] = []
     finished = ending is not None and not cancelled
-    failed_in_a_body = finished and (ending.data.get("error") or {}).get("name") in IN_BODY_FAILURES  # type: ignore[union-attr]
-    hooks = _ReplayHooks(history, finished, divergences, failed_in_a_body)
-    committed: list[NewEntry] = []
+    failed = finished and ending.type == r.RUN_FAILED  # type: ignore[union-attr]
+    failed_in_a_body = failed and (ending.data.get("error") or {}).get("name") in IN_BODY_FAILURES  # type: ignore[union-attr]
+    hooks = _ReplayHooks(history, finished, divergences, failed, failed_in_a_body)
     invocation = Invocation(
-        attrs.evolve(function, timeouts=None), state, commit=committed.extend,
-        clock=ManualClock(_replay_time(recorded)), limits=limits, coordinate=_coordinator(committed),
+        attrs.evolve(function, timeouts=None), state, commit=hooks.commit,
+        clock=ManualClock(_replay_time(recorded)), limits=limits, coordinate=hooks.coordinate,
         registry=registry, hooks=hooks,
     )
+    invocation.quiet = True
     try:
         outcome = invocation.run(make_context(invocation))
     except _Stop as stop:
@@ -241,9 +301,19 @@ def replay(
         return _report(recorded, divergences, hooks, None)
     if hooks.frontier is not None or (divergences and outcome.status == "failed"):
         return _report(recorded, divergences, hooks, None)
+    if hooks.new_step is not None:  # a new step refused as it began: where the recorded run failed, or not
+        assert ending is not None
+        if _different_ending(ending, outcome.status, outcome.output, outcome.error):
+            hooks.diverge_at_new_step()
+        else:
+            hooks.frontier, hooks.new_step = hooks.new_step[0], None
+            return _report(recorded, divergences, hooks, outcome.status)
     changed = _changed_kind(outcome.error, ending)
     if changed is not None:
         return _report(recorded, [changed], hooks, outcome.status)
+    raised = hooks.raised_outside_steps(recorded)
+    if raised:
+        return _report(recorded, [*divergences, *raised], hooks, outcome.status)
     divergences.extend(_vanished(history, hooks.keys))
     if finished:
         assert ending is not None
@@ -296,16 +366,6 @@ def _replay_time(recorded: RecordedRun) -> datetime:
         return parse_time(ending.data["at"])
     last = recorded.entries[-1] if recorded.entries else None
     return parse_time(last.recorded_at) if last is not None else datetime.fromtimestamp(0, UTC)
-
-
-def _coordinator(committed: list[NewEntry]) -> Callable[[Request], Answer]:
-    def coordinate(request: Request) -> Answer:
-        if isinstance(request, EndRun):
-            committed.extend(request.entries)
-            return Done()
-        raise _Stop(f"the code now asks the engine for {type(request).__name__}, which the recorded run did not")
-
-    return coordinate
 
 
 def _vanished(history: RunState, reached: Sequence[str]) -> list[str]:

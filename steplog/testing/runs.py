@@ -95,9 +95,9 @@ class TestRun:
         return latest_per_attempt(self.history.steps)
 
     def step_attempts(self, step_id: str) -> list[StepAttempt]:
-        """The attempts of one step, in order: by the id given to the step tool (every use of a repeated
-        id), or by its key (``"item:1"``, the second use)."""
-        return [attempt for attempt in self.attempts if step_id in (attempt.id, attempt.step)]
+        """The attempts of one step, in order. A step id used more than once names its first use;
+        ``"item:1"`` is the second, ``"item:2"`` the third (the keys the log records)."""
+        return [attempt for attempt in self.attempts if attempt.step == step_id]
 
     def step_output(self, step_id: str) -> Any:
         """The committed output of a completed step; AssertionError if it has not completed."""
@@ -154,7 +154,8 @@ class TestRun:
         return self
 
     def assert_waiting(self) -> TestRun:
-        """The run is waiting: sleeping, waiting for an event or a retry, or throttled."""
+        """The run is waiting: sleeping, or waiting for an event, an invoked run or a retry. (A run not
+        started yet, throttled or held by concurrency, is ``queued``.)"""
         __tracebackhide__ = True
         self._expect_status("waiting")
         return self
@@ -228,11 +229,19 @@ def _time_or_none(text: str | None) -> datetime | None:
     return parse_time(text) if text else None
 
 
+MAX_LINES = 60
+
+
 def describe_history(history: RunHistory) -> str:
+    """The run's status, then one line per step attempt (at most ``MAX_LINES``: its first and last
+    ones), then how it ended."""
     run = history.run
     lines = [f"run {run['run_id']} of {run['function_id']!r}: {run['status']}"]
-    for attempt in history.steps:
-        lines.append("  " + _attempt_line(attempt))
+    attempts = [_attempt_line(attempt) for attempt in latest_per_attempt(history.steps)]
+    if len(attempts) > MAX_LINES:
+        half = MAX_LINES // 2
+        attempts = [*attempts[:half], f"... {len(attempts) - 2 * half} more attempts ...", *attempts[-half:]]
+    lines.extend("  " + line for line in attempts)
     error = run.get("error")
     if isinstance(error, dict):
         lines.append(f"  -> {error.get('name')}: {error.get('message')}")

@@ -20,6 +20,7 @@ every timer and then calls ``check_at_end()``, where "every run ends" style prop
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -37,8 +38,8 @@ __all__ = ["DurableFunctionMachine"]
 class DurableFunctionMachine(RuleBasedStateMachine):
     """Subclass it, set ``functions`` and ``events``, add ``@invariant()`` methods over ``self.engine``."""
 
-    functions: ClassVar[Sequence[Any]] = ()
-    """Your functions: FunctionDefs, or your Steplog client."""
+    functions: ClassVar[Any] = ()
+    """Your functions: a list of FunctionDefs, or your Steplog client."""
     events: ClassVar[st.SearchStrategy[dict[str, Any]] | None] = None
     """What to send (see ``strategies.events``); a list of them is sent together sometimes."""
     advance: ClassVar[st.SearchStrategy[timedelta]] = durations()
@@ -57,11 +58,10 @@ class DurableFunctionMachine(RuleBasedStateMachine):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # A rule that is never enabled still costs draws; a subclass without it does not have it.
-        if not cls.crash_in:
-            cls.crash_in_a_step = _not_a_rule  # type: ignore[method-assign]
-        if not cls.cancel_runs:
-            cls.cancel_a_run = _not_a_rule  # type: ignore[method-assign,assignment]
+        # A rule that is never enabled still costs draws: a subclass has only the rules it turned on.
+        base = DurableFunctionMachine
+        cls.crash_in_a_step = base.crash_in_a_step if cls.crash_in else _not_a_rule  # type: ignore[method-assign]
+        cls.cancel_a_run = base.cancel_a_run if cls.cancel_runs else _not_a_rule  # type: ignore[method-assign,assignment]
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,11 +70,11 @@ class DurableFunctionMachine(RuleBasedStateMachine):
         self.sent: list[dict[str, Any]] = []
         """Every event sent (acknowledged), in order."""
         self.engine = TestEngine(
-            *self.make_functions(), store=self.store, check_determinism=self.check_determinism,  # type: ignore[arg-type]
+            self.make_functions(), store=self.store, check_determinism=self.check_determinism,  # type: ignore[arg-type]
         )
         self.setup()
 
-    def make_functions(self) -> Sequence[Any]:
+    def make_functions(self) -> Any:
         """The functions of one example: ``functions`` unless overridden, for instance to define
         functions over state made fresh for each example."""
         return self.functions
@@ -84,8 +84,9 @@ class DurableFunctionMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            self.engine.settle(within=self.settle_within)
-            self.check_at_end()
+            if sys.exc_info()[1] is None:  # after a failed step, settling would only hide its error
+                self.engine.settle(within=self.settle_within)
+                self.check_at_end()
         finally:
             self.engine.close()
 

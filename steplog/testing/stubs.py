@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from steplog.engine.invocation import Invocation
+from steplog.engine.invocation import RUN_KIND, Invocation
 
 __all__ = ["SimulatedCrash", "Stub", "StubError", "StubTable"]
 
@@ -138,10 +138,6 @@ class StubTable:
     def clear(self) -> None:
         self._stubs.clear()
 
-    def find_exact(self, function_id: str | None, step_id: str) -> Stub | None:
-        """The stub put in place for exactly this scope (None: every function)."""
-        return self._stubs.get((function_id, step_id))
-
     def find(self, function_id: str, step_id: str) -> Stub | None:
         return self._stubs.get((function_id, step_id)) or self._stubs.get((None, step_id))
 
@@ -151,7 +147,15 @@ class StubTable:
     # -- StepHooks ------------------------------------------------------------------------------
 
     def reached(self, invocation: Invocation, key: str, kind: str, record: Any) -> None:
-        return None
+        """A stub for a step that is not a ``step.run`` would silently do nothing: fail the run instead."""
+        if record is not None or kind == RUN_KIND or not self._stubs:
+            return
+        base, _, occurrence = key.rpartition(":")
+        for step_id in (key, base) if occurrence.isdigit() else (key,):
+            if self.find(invocation.function.id, step_id) is not None:
+                raise invocation.abort(
+                    "StubError", f"step {step_id!r} is a {kind} step: stubs stand in for step.run bodies only"
+                )
 
     def body(self, invocation: Invocation, step_id: str, key: str, handler: Callable[..., Any]) -> Callable[..., Any]:
         stub = self.find(invocation.function.id, step_id)

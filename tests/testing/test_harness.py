@@ -295,16 +295,20 @@ def test_settle_stops_before_timers_beyond_within(store: str) -> None:
         assert engine.now == DEFAULT_START + timedelta(days=10)
 
 
-def test_settle_stops_at_within_for_cron_functions(store: str) -> None:
+def test_settle_does_not_follow_a_cron_alone_but_fires_its_ticks_on_the_way(store: str) -> None:
     client = new_client()
 
     @client.create_function(fn_id="tick", trigger=steplog.TriggerCron(cron="*/10 * * * *"))
     def tick(ctx: steplog.Context) -> int:
         return 1
 
+    napper(client, nap="1h")
     with TestEngine(client, store=store) as engine:
-        assert engine.settle(within="1h") == DEFAULT_START + HOUR
-        assert len(engine.runs("tick", status="completed")) == 6
+        assert engine.settle() == DEFAULT_START  # only cron ticks are due: nothing to settle
+        assert engine.runs("tick") == []
+        engine.trigger("app/go")  # a run sleeping an hour
+        assert engine.settle() == DEFAULT_START + HOUR
+        assert len(engine.runs("tick", status="completed")) == 6  # 00:10 ... 01:00, each at its time
         assert engine.next_timer() == DEFAULT_START + timedelta(minutes=70)
 
 

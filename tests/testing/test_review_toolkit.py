@@ -29,11 +29,6 @@ def _client(app_id: str = "review") -> steplog.Steplog:
 # -- the determinism check and settle() ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the determinism check re-reads every ended run on every run_until_idle()"
-    " (harness.py _check_ended_runs), so N runs cost O(N^2): 3,000 triggers take 30 s instead of 3 s",
-)
 def test_the_determinism_check_does_not_rescan_runs_it_already_checked() -> None:
     client = _client()
 
@@ -59,11 +54,6 @@ def test_the_determinism_check_does_not_rescan_runs_it_already_checked() -> None
         assert sum(rows_read) < 10, f"one more trigger read {sum(rows_read)} rows of runs"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: settle() (and DurableFunctionMachine's teardown) plays 400 days of cron ticks by default:"
-    " with an hourly cron in the client that is 9,600 runs and 5.5 minutes for one settle()",
-)
 def test_settle_does_not_play_a_year_of_cron_ticks() -> None:
     client = _client()
 
@@ -84,12 +74,6 @@ def test_settle_does_not_play_a_year_of_cron_ticks() -> None:
         assert len(engine.runs("nightly")) <= 1, f"settle() started {len(engine.runs('nightly'))} cron runs"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NondeterministicRunError,
-    reason="BUG: a run that failed on a bad step option (SleepError, WaitError, InvokeError) is reported as"
-    " non-deterministic ('a step id that changed'): the replay hook fires before the option is checked",
-)
 def test_a_typo_in_a_sleep_duration_is_not_reported_as_nondeterminism() -> None:
     client = _client()
 
@@ -102,11 +86,6 @@ def test_a_typo_in_a_sleep_duration_is_not_reported_as_nondeterminism() -> None:
         engine.trigger("cart/abandoned").assert_failed("SleepError", "1 hour")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NondeterministicRunError,
-    reason="BUG: a wait_for_event with a wildcard event fails with WaitError, reported as non-determinism",
-)
 def test_a_bad_wait_is_not_reported_as_nondeterminism() -> None:
     client = _client()
 
@@ -139,11 +118,6 @@ def test_a_stub_can_raise_retry_after_error() -> None:
         assert attempt.retry_at is not None and attempt.retry_at.startswith("2030-01-01T02:00:00"), attempt.retry_at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: crash_during(step) replaces the stub already in place for that step (stub(..., returns=)),"
-    " so the step's real body runs in the test",
-)
 def test_crash_during_keeps_the_stub_in_place() -> None:
     client = _client()
     real_calls: list[str] = []
@@ -161,11 +135,6 @@ def test_crash_during_keeps_the_stub_in_place() -> None:
         run.assert_completed("stubbed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: CrashDuring (a machine's crash_in) adds a crash to the stub for every function only; a step"
-    " stubbed with function= keeps its own stub, which never crashes",
-)
 def test_crash_in_crashes_a_step_stubbed_for_one_function() -> None:
     client = _client()
 
@@ -184,12 +153,6 @@ def test_crash_in_crashes_a_step_stubbed_for_one_function() -> None:
 # -- the engine's lifecycle ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StoreClosedError,
-    reason="BUG: crash(downtime=<bad>) closes the store before checking the downtime: the ValueError leaves"
-    " the TestEngine on a closed store, every later call raises StoreClosedError",
-)
 def test_a_bad_downtime_leaves_the_engine_usable() -> None:
     client = _client()
 
@@ -204,12 +167,6 @@ def test_a_bad_downtime_leaves_the_engine_usable() -> None:
         assert engine.crashes == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="BUG: TestEngine.invoke() of a debounced (or batched) function raises a bare IndexError"
-    " (runs_for(event_id)[-1] on no runs)",
-)
 def test_invoke_of_a_debounced_function_says_what_happened() -> None:
     client = _client()
 
@@ -229,11 +186,6 @@ def test_invoke_of_a_debounced_function_says_what_happened() -> None:
 # -- reading runs ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the first use of a repeated step id cannot be read: step_output('charge') (its key) returns"
-    " the output of the last use, 'charge:1'",
-)
 def test_the_first_use_of_a_repeated_step_id_can_be_read() -> None:
     client = _client()
 
@@ -247,11 +199,6 @@ def test_the_first_use_of_a_repeated_step_id_can_be_read() -> None:
         assert run.step_output("charge") == "first"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ctx.logger is not quiet during the determinism check's replay: what a function logs after"
-    " its last step is logged twice in every test",
-)
 def test_the_determinism_check_logs_nothing() -> None:
     client = _client()
 
@@ -281,11 +228,6 @@ def test_the_determinism_check_logs_nothing() -> None:
 # -- replay ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: replay says ok when the new code raises outside steps before the step an in-flight run is at"
-    " (replay.py: a 'waiting' outcome of a function error is not compared)",
-)
 def test_replay_reports_new_code_that_raises_before_the_pending_step() -> None:
     def define(broken: bool) -> steplog.Steplog:
         client = _client()
@@ -324,12 +266,6 @@ def _machine_client() -> steplog.Steplog:
     return client
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: DurableFunctionMachine with `functions = client` (documented: 'your client, or a list of"
-    " functions') raises TypeError: stateful.py unpacks it with TestEngine(*self.functions)",
-)
 def test_a_machine_takes_a_client() -> None:
     client = _machine_client()
 
@@ -342,11 +278,6 @@ def test_a_machine_takes_a_client() -> None:
     machine.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: DurableFunctionMachine.teardown settles and calls check_at_end() even when the example already"
-    " failed; its error replaces the invariant's (Hypothesis calls teardown in a finally)",
-)
 def test_teardown_does_not_mask_the_failure_of_an_example() -> None:
     client = _machine_client()
 
@@ -368,11 +299,6 @@ def test_teardown_does_not_mask_the_failure_of_an_example() -> None:
             machine.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a machine that subclasses another with crash_in = () and sets crash_in (or cancel_runs) itself"
-    " never crashes in steps: __init_subclass__ replaced the rule on the parent and the child inherits that",
-)
 def test_a_machine_subclass_can_turn_crash_in_back_on() -> None:
     client = _machine_client()
 
@@ -394,11 +320,6 @@ def test_a_machine_subclass_can_turn_crash_in_back_on() -> None:
 
 @pytest.mark.steplog(store="memory")
 class TestMarkersCombine:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: a test's @pytest.mark.steplog replaces its class's or module's (get_closest_marker):"
-        " store='memory' is silently lost when the test adds check_determinism=False",
-    )
     @pytest.mark.steplog(check_determinism=False)
     def test_the_class_marker_still_applies(self, steplog_engine: TestEngine) -> None:
         assert steplog_engine.check_determinism is False
