@@ -500,12 +500,15 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     from steplog.server.serve import ServeError, load_client
-    from steplog.testing.replay import RecordedRun, export_run, replay
+    from steplog.testing.replay import RecordedRun, export_run
 
     try:
         client = load_client(args.target)
     except ServeError as error:
         raise CliError(str(error), code=2) from None
+    if args.function is not None and client.registry.get(args.function) is None:
+        known = ", ".join(repr(f.id) for f in client.registry.all()) or "none"
+        raise CliError(f"{args.target} has no function {args.function!r} (its functions: {known})", code=2)
     recorded: list[RecordedRun] = []
     for path in args.files:
         try:
@@ -516,7 +519,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         with open_reader(args.db) as store:
             rows = queries.list_runs(store, function_id=args.function, status=args.status, limit=args.limit or None)
             recorded = [export_run(store, row["run_id"]) for row in rows if row["status"] != "skipped"]
-    reports = [replay(run, client.registry, limits=client.limits) for run in recorded]
+    reports = [_replayed(run, client) for run in recorded]
     diverged = [report for report in reports if not report.ok]
     if args.json:
         _print_json([{"run_id": rep.run_id, "function_id": rep.function_id, "ok": rep.ok,
@@ -527,6 +530,17 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         runs = "run" if len(reports) == 1 else "runs"
         print(f"{len(reports)} {runs} replayed: {len(reports) - len(diverged)} ok, {len(diverged)} diverge", file=out)
     return 1 if diverged else 0
+
+
+def _replayed(recorded: Any, client: Any) -> Any:
+    """The replay report of one run; a run that cannot even be replayed (a damaged file) is reported, not raised."""
+    from steplog.testing.replay import ReplayReport, replay
+
+    try:
+        return replay(recorded, client.registry, limits=client.limits)
+    except Exception as error:  # noqa: BLE001 - one damaged run must not hide the report of the others
+        problem = f"cannot be replayed: {type(error).__name__}: {error}"
+        return ReplayReport(recorded.run_id, recorded.function_id, (problem,), (), None)
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:

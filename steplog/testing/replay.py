@@ -75,7 +75,7 @@ class RecordedRun:
         if document.get("version") != VERSION:
             raise ValueError(f"recorded run version {document.get('version')!r} is not supported (expected {VERSION})")
         try:
-            return cls(
+            recorded = cls(
                 run_id=str(document["run_id"]), function_id=str(document["function_id"]),
                 status=str(document["status"]),
                 entries=tuple(Entry(**entry) for entry in document["entries"]),
@@ -83,6 +83,11 @@ class RecordedRun:
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"recorded run is malformed: {error}") from None
+        if not recorded.entries or recorded.entries[0].type != r.RUN_SCHEDULED:
+            raise ValueError("recorded run is malformed: its entries must begin with run.scheduled")
+        if any(not isinstance(entry.data, dict) for entry in (*recorded.entries, *recorded.signals)):
+            raise ValueError("recorded run is malformed: an entry's data is not a JSON object")
+        return recorded
 
     def save(self, path: str | Path) -> Path:
         """Write the recorded run as JSON (UTF-8); returns the path."""

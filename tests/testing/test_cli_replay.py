@@ -112,3 +112,23 @@ def test_replay_refuses_a_file_that_is_not_a_recorded_run(demo: dict[str, Any]) 
 def test_replay_with_a_missing_app_says_so(demo: dict[str, Any]) -> None:
     done = steplog("replay", "no_such_module:client", "--db", "demo.db", cwd=demo["cwd"])
     assert done.returncode == 2 and "no_such_module" in done.stderr
+
+
+def test_replay_with_an_unknown_function_is_an_error_not_zero_runs(demo: dict[str, Any]) -> None:
+    done = steplog("replay", "same_app:client", "--db", "demo.db", "--function", "chekout", cwd=demo["cwd"])
+    assert done.returncode == 2 and "no function 'chekout'" in done.stderr and "'checkout'" in done.stderr
+
+
+def test_replay_reports_a_damaged_recorded_run_and_goes_on(demo: dict[str, Any]) -> None:
+    run = next(run for run in demo["runs"] if run["function_id"] == "audit-log")
+    assert steplog("export", run["run_id"], "--db", "demo.db", "-o", "good.json", cwd=demo["cwd"]).returncode == 0
+    document = json.loads((demo["cwd"] / "good.json").read_text())
+    document["entries"][1]["data"] = {"bogus": 1}
+    (demo["cwd"] / "damaged.json").write_text(json.dumps(document))
+    done = steplog("replay", "same_app:client", "damaged.json", "good.json", cwd=demo["cwd"])
+    assert done.returncode == 1
+    assert "cannot be replayed: KeyError" in done.stdout and "2 runs replayed: 1 ok, 1 diverge" in done.stdout
+    document["entries"] = []
+    (demo["cwd"] / "empty.json").write_text(json.dumps(document))
+    done = steplog("replay", "same_app:client", "empty.json", cwd=demo["cwd"])
+    assert done.returncode == 1 and "must begin with run.scheduled" in done.stderr
