@@ -90,6 +90,10 @@ def _client_limits(items: Iterable[Any]) -> Limits | None:
         limits = getattr(item, "limits", None)
         if isinstance(limits, Limits) and isinstance(getattr(item, "registry", None), FunctionRegistry):
             return limits
+        if isinstance(item, (list, tuple)):
+            found = _client_limits(item)
+            if found is not None:
+                return found
     return None
 
 
