@@ -25,8 +25,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+try:
+    from hypothesis import strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+except ModuleNotFoundError as missing:  # pragma: no cover - depends on what the user installed
+    raise ModuleNotFoundError("steplog.testing.stateful needs hypothesis: pip install 'steplog[testing]'") from missing
 
 from steplog.testing.actions import Advance, AdvanceToNextTimer, CancelRun, Crash, CrashDuring, Send
 from steplog.testing.harness import TestEngine

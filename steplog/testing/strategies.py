@@ -20,7 +20,12 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from hypothesis import strategies as st
+try:
+    from hypothesis import strategies as st
+except ModuleNotFoundError as missing:  # pragma: no cover - depends on what the user installed
+    raise ModuleNotFoundError(
+        "steplog.testing.strategies needs hypothesis: pip install 'steplog[testing]'"
+    ) from missing
 
 from steplog.testing.actions import (
     Action,
