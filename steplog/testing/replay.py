@@ -290,8 +290,9 @@ def replay(
     state = fold(recorded.run_id, entries, signals)
     divergences: list[str] = []
     finished = ending is not None and not cancelled
-    failed = finished and ending.type == r.RUN_FAILED  # type: ignore[union-attr]
-    failed_in_a_body = failed and (ending.data.get("error") or {}).get("name") in IN_BODY_FAILURES  # type: ignore[union-attr]
+    failed = ending is not None and ending.type == r.RUN_FAILED
+    recorded_error = (ending.data.get("error") or {}) if ending is not None else {}
+    failed_in_a_body = failed and recorded_error.get("name") in IN_BODY_FAILURES
     hooks = _ReplayHooks(history, finished, divergences, failed, failed_in_a_body)
     invocation = Invocation(
         attrs.evolve(function, timeouts=None), state, commit=hooks.commit,

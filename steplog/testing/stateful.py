@@ -64,7 +64,7 @@ class DurableFunctionMachine(RuleBasedStateMachine):
         # A rule that is never enabled still costs draws: a subclass has only the rules it turned on.
         base = DurableFunctionMachine
         cls.crash_in_a_step = base.crash_in_a_step if cls.crash_in else _not_a_rule  # type: ignore[method-assign]
-        cls.cancel_a_run = base.cancel_a_run if cls.cancel_runs else _not_a_rule  # type: ignore[method-assign,assignment]
+        cls.cancel_a_run = base.cancel_a_run if cls.cancel_runs else _not_a_rule  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         super().__init__()
