@@ -15,14 +15,14 @@ import attrs
 if TYPE_CHECKING:
     from steplog.testing.harness import TestEngine
 
+__all__ = ["Action", "Advance", "AdvanceToNextTimer", "CancelRun", "Crash", "CrashDuring", "FailurePlan", "Send", "play"]
+
+
 class _PrintsAsCode:
     """Hypothesis prints a shrunk example with ``_repr_pretty_`` when it is there: as test code."""
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))
-
-
-__all__ = ["Action", "Advance", "AdvanceToNextTimer", "CancelRun", "Crash", "CrashDuring", "FailurePlan", "Send", "play"]
 
 
 @attrs.frozen
