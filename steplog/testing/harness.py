@@ -30,7 +30,7 @@ from steplog.engine.limits import Limits
 from steplog.engine.projector import RunProjector
 from steplog.engine.service import Engine, EventInput
 from steplog.engine.system_events import invoked_event
-from steplog.eventstore import EventStore, MemoryEventStore, SqliteEventStore
+from steplog.eventstore import Entry, EventStore, MemoryEventStore, SqliteEventStore
 from steplog.testing.replay import RecordedRun, export_run, replay
 from steplog.testing.runs import TestRun
 from steplog.testing.stubs import UNSET, SimulatedCrash, Stub, StubTable
@@ -152,8 +152,9 @@ class TestEngine:
             self._directory = tempfile.TemporaryDirectory(prefix="steplog-test-")
             path = Path(self._directory.name) / "steplog.db"
         self.path = Path(path) if path is not None else None
-        self._positions: dict[str, int] = {}
-        """Where each run begins in the log: what orders runs (it never changes, so a crash keeps it)."""
+        self._first_entries: dict[str, Entry] = {}
+        """Each run's run.scheduled entry: where it begins in the log (what orders runs) and its events.
+        It never changes, so a crash keeps it."""
         self._random = random.Random(seed)
         self.store: EventStore = self._open_store(None)
         self._checked_up_to = self._opened_at = self.store.last_position()
@@ -410,9 +411,13 @@ class TestEngine:
 
     def _position_of(self, run_id: str) -> int:
         """Where the run begins in the log."""
-        if run_id not in self._positions:
-            self._positions[run_id] = self.store.read_stream(r.run_stream(run_id))[0].position
-        return self._positions[run_id]
+        return self.first_entry(run_id).position
+
+    def first_entry(self, run_id: str) -> Entry:
+        """The run's first entry (run.scheduled, with its events), read once."""
+        if run_id not in self._first_entries:
+            self._first_entries[run_id] = self.store.read_stream(r.run_stream(run_id))[0]
+        return self._first_entries[run_id]
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """Received events, oldest first, each with the runs it started."""

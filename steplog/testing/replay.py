@@ -249,16 +249,8 @@ def _same_error(one: dict[str, Any], other: dict[str, Any]) -> bool:
 
 def _pending_step(state: RunState) -> str | None:
     """The step a run in progress is at: an open sleep or wait, or a step with failed attempts."""
-    for key in state.sleeps:
-        if key not in state.memo:
-            return key
-    for key in state.waits:
-        if key not in state.memo:
-            return key
-    for key in state.step_failures:
-        if key not in state.memo:
-            return key
-    return None
+    begun = (*state.sleeps, *state.waits, *state.step_failures)
+    return next((key for key in begun if key not in state.memo), None)
 
 
 def _registry(functions: Iterable[Any]) -> FunctionRegistry:

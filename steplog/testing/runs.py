@@ -68,8 +68,7 @@ class TestRun:
     @property
     def events(self) -> list[dict[str, Any]]:
         """The events that started the run: one, or a batch's."""
-        first = self._engine.store.read_stream(r.run_stream(self.run_id), after=0)[0]
-        return list(first.data["events"])
+        return list(self._engine.first_entry(self.run_id).data["events"])
 
     @property
     def scheduled_at(self) -> datetime:
