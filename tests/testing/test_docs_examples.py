@@ -231,7 +231,9 @@ def test_worked_example_3_the_throttle_machine_passes(tmp_path: Path) -> None:
 def test_a_step_that_is_not_idempotent_is_caught(tmp_path: Path) -> None:
     outcome = run_example("ledger-broken", tmp_path)
     assert_outcome(outcome, failed=2)
-    assert outcome.output.count("AssertionError: assert [('ada', 5), ('ada', 5)] == [('ada', 5)]") == 2
+    # each failing test shows the double charge at least once; hypothesis may print it again when it reports
+    # the shrunk example, so the exact count varies with how the failure was found
+    assert outcome.output.count("AssertionError: assert [('ada', 5), ('ada', 5)] == [('ada', 5)]") >= 2
     assert_page_output_shown("ledger-broken", outcome.output)
 
 
