@@ -30,6 +30,31 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 START = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("steplog", "steplog's reliability tests (tests/reliability)")
+    group.addoption(
+        "--tier", choices=("ci", "long"), default=os.environ.get("STEPLOG_TIER", "ci"),
+        help="how hard the reliability tests push: ci (the default, minutes) or long (kills, faults and "
+        "examples by the thousand; an hour or more). Env: STEPLOG_TIER",
+    )
+    group.addoption(
+        "--soak-minutes", type=float, default=float(os.environ.get("STEPLOG_SOAK_MINUTES", "10")),
+        help="how long the soak test runs (default 10). Env: STEPLOG_SOAK_MINUTES",
+    )
+
+
+@pytest.fixture(scope="session")
+def tier(request: pytest.FixtureRequest) -> str:
+    """'ci' or 'long': how hard the reliability tests push (--tier)."""
+    return str(request.config.getoption("--tier"))
+
+
+@pytest.fixture(scope="session")
+def soak_seconds(request: pytest.FixtureRequest) -> float:
+    """How long the soak runs (--soak-minutes), in seconds."""
+    return float(request.config.getoption("--soak-minutes")) * 60
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(START)
