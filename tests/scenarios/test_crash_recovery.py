@@ -284,9 +284,11 @@ def test_kills_at_three_points_lose_nothing_and_repeat_no_committed_step(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_many_kills_at_random_points(tmp_path: Path, seed: int, request: pytest.FixtureRequest) -> None:
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("a long crash loop: run with -m slow")
+def test_many_kills_at_random_points(
+    tmp_path: Path, seed: int, request: pytest.FixtureRequest, tier: str
+) -> None:
+    if "slow" not in (request.config.getoption("markexpr") or "") and tier != "long":
+        pytest.skip("a long crash loop: run with -m slow or --tier long")
     rng = random.Random(seed)
     scenario = Scenario(tmp_path, n=12)
     child = scenario.spawn()

@@ -535,9 +535,11 @@ def test_flow_control_holds_across_kills(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_flow_control_holds_across_many_kills(tmp_path: Path, seed: int, request: pytest.FixtureRequest) -> None:
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("a long crash loop: run with -m slow")
+def test_flow_control_holds_across_many_kills(
+    tmp_path: Path, seed: int, request: pytest.FixtureRequest, tier: str
+) -> None:
+    if "slow" not in (request.config.getoption("markexpr") or "") and tier != "long":
+        pytest.skip("a long crash loop: run with -m slow or --tier long")
     scenario = crash_loop(tmp_path, rounds=200, kills=40, seed=seed)
     assert len(scenario.kills) >= 30, f"seed {seed}: only {len(scenario.kills)} kills landed"
     scenario.check()
