@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pykka
 import pytest
@@ -41,6 +43,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--soak-minutes", type=float, default=float(os.environ.get("STEPLOG_SOAK_MINUTES", "10")),
         help="how long the soak test runs (default 10). Env: STEPLOG_SOAK_MINUTES",
     )
+
+
+REPORT_ENV = "STEPLOG_RELIABILITY_REPORT"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The reliability tests append one JSON line each with their numbers (kills, faults, inputs...)
+    # to this file; the summary at the end of the session prints them.
+    if not os.environ.get(REPORT_ENV):
+        report = Path(tempfile.mkdtemp(prefix="steplog-reliability-")) / "report.jsonl"
+        os.environ[REPORT_ENV] = str(report)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    report = Path(os.environ.get(REPORT_ENV, ""))
+    if not report.is_file():
+        return
+    terminalreporter.section("steplog reliability numbers")
+    for line in report.read_text().splitlines():
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
