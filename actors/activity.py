@@ -49,8 +49,13 @@ class Activity:
             if self._run_waiters:
                 self._run_ended.notify_all()
 
+    def run_refused(self, run_id: str, error: BaseException) -> None:
+        """Remember that a run was refused (its log is damaged): its waiters get ``error``."""
+        self.run_finished(run_id, error)
+
     def outcome(self, run_id: str) -> Any:
-        """The final outcome of a run that ended in this process, if it is still remembered."""
+        """The final outcome of a run that ended in this process (or the error that refused it),
+        if it is still remembered."""
         return self._outcomes.get(run_id)
 
     def fail(self, error: BaseException) -> None:
@@ -69,9 +74,10 @@ class Activity:
                 self._run_waiters -= 1
 
     def wait_idle(self, timeout: float | None) -> bool:
-        """Wait until nothing is queued or executing."""
+        """Wait until nothing is queued or executing; raise the engine's failure if it failed, even
+        if the work in flight has ended since (a run whose last commit failed ends, unfinished)."""
         with self._idle:
-            return self._wait(self._idle, lambda: self._in_flight <= 0, timeout)
+            return self._wait(self._idle, lambda: self._failure is None and self._in_flight <= 0, timeout)
 
     def _wait(self, condition: threading.Condition, done: Callable[[], bool], timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -43,10 +43,13 @@ class RunHandle:
 
     def result(self, timeout: float | None = None) -> Any:
         """The run's output once it completes; RunFailedError if it failed or was cancelled (see its
-        ``status``), TimeoutError if it is still going."""
+        ``status``), CorruptEntryError if the engine refused it (its log is damaged), TimeoutError if
+        it is still going."""
         if not self.wait(timeout):
             raise TimeoutError(f"run {self.run_id} has not ended after {timeout} s (status {self.status})")
         outcome = self.client._outcome(self.run_id)
+        if isinstance(outcome, BaseException):
+            raise outcome
         if outcome is not None:
             if outcome.status != "completed":
                 raise RunFailedError(self.run_id, outcome.error or {}, outcome.status)

@@ -75,10 +75,13 @@ class WorkerPool:
         self._idle: list[pykka.ActorRef[RunWorker]] = []
         self._backlog: deque[ExecuteRun] = deque()
         self._starting = 0
+        self._stopped = False
         self.workers: list[pykka.ActorRef[RunWorker]] = []
 
     def submit(self, message: ExecuteRun) -> None:
         with self._lock:
+            if self._stopped:  # the engine is stopping: the run resumes from its log at the next start
+                return
             worker = self._idle.pop() if self._idle else None
             if worker is None:
                 if len(self.workers) + self._starting >= self._max_workers:
@@ -90,6 +93,9 @@ class WorkerPool:
             worker = RunWorker.start(self._engine, self, self._activity)
             with self._lock:
                 self._starting -= 1
+                if self._stopped:  # stop() ran meanwhile and will not wait for this one
+                    worker.stop(block=False)
+                    return
                 self.workers.append(worker)
         worker.tell(message)
 
@@ -102,8 +108,10 @@ class WorkerPool:
         worker.tell(message)
 
     def stop(self, deadline: float) -> None:
-        """Stop every worker, waiting for them until ``deadline`` (a time.monotonic() value)."""
+        """Stop every worker, waiting for them until ``deadline`` (a time.monotonic() value). Work
+        submitted from now on is dropped: it must not run on a store that is about to be closed."""
         with self._lock:
+            self._stopped = True
             workers, self.workers, self._idle = list(self.workers), [], []
             self._backlog.clear()
         for worker in workers:

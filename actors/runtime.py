@@ -63,7 +63,7 @@ from steplog.engine.flow import (
     Throttle,
 )
 from steplog.engine.ids import new_ulid
-from steplog.engine.service import EventInput
+from steplog.engine.service import EventInput, reading_projections
 from steplog.engine.system_events import invoked_event
 from steplog.engine.webhooks import Transform, WebhookDef, WebhookRegistry, define_webhook
 from steplog.eventstore import Difference, EventStore, MemoryEventStore, SqliteEventStore, StorageError
@@ -224,20 +224,31 @@ class Steplog:
         return SqliteEventStore(self._db, RunProjector(), synchronous=self._synchronous)  # type: ignore[arg-type]
 
     def start(self) -> Steplog:
-        """Start the actors and resume the work left in the log; returns self."""
+        """Start the actors and resume the work left in the log; returns self. If that fails (the
+        log cannot be read: StorageError), nothing is left running: no actor, no lock, no open file."""
         if self._started:
             return self
         self._lock_database()
+        try:
+            self._start_locked()
+        except BaseException:
+            self._abandon_start()
+            raise
+        return self
+
+    def _start_locked(self) -> None:
         if self._db_lock is not None and isinstance(self.store, SqliteEventStore):
             self.store.assume_sole_writer()  # the lock keeps other engines and `steplog rebuild` out
         self._activity = Activity()
         writer = StoreWriter.start(self.store, self.clock, self._storage_failed)
+        self._actors = [writer]  # until every actor is started: what a failed start must stop
         self._engine = Engine(
             self.store, registry=self.registry, clock=self.clock, limits=self.limits, committer=commit_through(writer)
         )
         self._engine.coordinate = self._coordinate  # waits, sends and announced ends go through the router
-        self._engine.coordinator.load_pauses()
-        self._engine.coordinator.load_flow(self.clock.now())
+        with reading_projections(self.store):
+            self._engine.coordinator.load_pauses()
+            self._engine.coordinator.load_flow(self.clock.now())
         self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
         timer = TimerActor.start(self.clock, self._activity, self._supervisors)
         self._pool = WorkerPool(self._engine, self._activity, self._max_workers)
@@ -254,7 +265,28 @@ class Steplog:
         self._started = True
         self._resume()
         self._fire_due_flow()
-        return self
+
+    def _abandon_start(self) -> None:
+        """Undo a start that failed half way, so that start() may be called again."""
+        for cleanup in reversed(self._cleanup):
+            cleanup()
+        self._cleanup.clear()
+        deadline = time.monotonic() + 10.0
+        pool: WorkerPool | None = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.stop(deadline)
+        for ref in self._actors:
+            ref.stop(block=False)
+        for ref in self._actors:
+            ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+        self._actors = []
+        self._started = False
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._db_lock is not None:
+            self._db_lock.release()
+            self._db_lock = None
 
     def _fire_due_flow(self) -> None:
         """Debounces, batches and cron ticks already due at start fire now, counted as activity
@@ -322,7 +354,10 @@ class Steplog:
             return
         deadline = time.monotonic() + timeout
         if self._failure is None:
-            self._activity.wait_idle(timeout)
+            try:
+                self._activity.wait_idle(timeout)
+            except EngineStoppedError:
+                pass  # the store failed while the runs finished: stop all the same
         for cleanup in reversed(self._cleanup):
             cleanup()
         self._cleanup.clear()
@@ -383,6 +418,8 @@ class Steplog:
         """Ask the router; raise what it answers if that is an error."""
         answer = self._coordinate(request)
         if isinstance(answer, StorageError):
+            if self._failure is None:  # a read failed in the router (a failed commit has stopped it already)
+                self._storage_failed(answer)
             raise EngineStoppedError(f"the engine stopped because the store failed: {answer}") from answer
         if isinstance(answer, Exception):
             raise answer

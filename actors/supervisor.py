@@ -7,7 +7,9 @@ ends (or crashes). A run whose start time has not come (throttle, an event's fut
 armed on the timer without taking a slot.
 
 A crashed run never stops the engine: the supervisor restarts the run from the log, up to
-``MAX_RESTARTS`` times, and then fails the run with the error, so that it stays visible.
+``MAX_RESTARTS`` times, and then fails the run with the error, so that it stays visible. A run
+whose log is damaged (``CorruptEntryError``) is neither restarted nor failed: it is refused, the
+error is logged and handed to whoever waits for the run, and nothing is written to its stream.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from steplog.engine.flow import Constraint
 from steplog.engine.flow.gcra import Gcra
 from steplog.engine.invocation import Outcome
 from steplog.engine.state import RunState
-from steplog.eventstore import StorageError, parse_time
+from steplog.eventstore import CorruptEntryError, StorageError, parse_time
 
 MAX_RESTARTS = 3
 PACERS_KEPT = 10_000
@@ -249,8 +251,19 @@ class FunctionSupervisor(Actor):
             return
         if isinstance(error, StaleRunError):
             self._activity.end()
+        elif isinstance(error, CorruptEntryError):
+            self._refuse(run_id, error)
         else:
             self._restart_or_fail(run_id, error)
+
+    def _refuse(self, run_id: str, error: CorruptEntryError) -> None:
+        """Never run from a damaged history: no restart (it would read the same bytes), no
+        ``run.failed`` (an end written after entries that cannot be read); the other runs go on."""
+        self._restarts.pop(run_id, None)
+        self._flows.pop(run_id, None)
+        log.error("run %s is refused: %s", run_id, error)
+        self._activity.run_refused(run_id, error)
+        self._activity.end()
 
     def _restart_or_fail(self, run_id: str, error: BaseException) -> None:
         restarts = self._restarts.get(run_id, 0) + 1

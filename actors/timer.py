@@ -22,6 +22,8 @@ from steplog.actors.base import Actor
 from steplog.actors.messages import Arm, Disarm, SetFlowTarget, StartRun, Tick
 from steplog.engine.clock import Clock
 
+STALE_SLACK = 1024
+"""Stale heap entries tolerated beyond the live ones before the heap is rebuilt (amortized O(1))."""
 FLOW_TIMER = "~flow"
 """The timer's name for the flow gate's next due debounce or batch (no run id starts with ``~``)."""
 
@@ -46,6 +48,7 @@ class TimerActor(Actor):
         if isinstance(message, Arm):
             self._latest[message.run_id] = message.due
             heapq.heappush(self._heap, (message.due, message.run_id, message.function_id))
+            self._drop_stale()
             self._fire_due()
         elif isinstance(message, Disarm):
             self._latest.pop(message.run_id, None)
@@ -73,6 +76,15 @@ class TimerActor(Actor):
                 supervisor.tell(StartRun(run_id))
         if self._ticker is not None:
             self._ticker.wake_at(self.next_due())
+
+    def _drop_stale(self) -> None:
+        """Rebuild the heap without its stale entries (replaced by a later Arm, or of runs that ended)
+        once they outnumber the live ones: else each would stay until its old due time, which for a
+        wait's or an invoke's timeout may be days or a year away, so memory grew with every run."""
+        if len(self._heap) <= 2 * len(self._latest) + STALE_SLACK:
+            return
+        self._heap = [entry for entry in self._heap if self._latest.get(entry[1]) == entry[0]]
+        heapq.heapify(self._heap)
 
     def next_due(self) -> datetime | None:
         while self._heap and self._latest.get(self._heap[0][1]) != self._heap[0][0]:

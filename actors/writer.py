@@ -5,9 +5,10 @@ inbox is empty. Under load a batch holds whatever queued during the previous fsy
 of one fsync is shared; alone, a commit waits for nothing.
 
 A commit that could not begin because another connection held the lock is tried again (nothing
-was written). A failed commit is not retried: the writer answers every waiting caller with the error and
-calls ``on_storage_failure`` so that the runtime stops (after a failed fsync the file's state is
-unknown, and retrying in place can lose or duplicate writes).
+was written). A failed commit is not retried: the writer calls ``on_storage_failure`` so that the
+runtime stops, then answers every waiting caller with the error, and refuses every later commit
+with it (after a failed fsync the file's state is unknown, and retrying in place can lose or
+duplicate writes).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class StoreWriter(Actor):
         self._clock = clock
         self._on_storage_failure = on_storage_failure
         self._pending: list[Commit] = []
+        self._failure: StorageError | None = None
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Commit):
@@ -51,6 +53,9 @@ class StoreWriter(Actor):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        if self._failure is not None:  # fail-stop: nothing is written after a failed commit
+            self._fail(pending, self._failure)
+            return
         appends = [append for request in pending for append in request.appends]
         try:
             results = self._commit_waiting_out_locks(appends)
@@ -78,10 +83,13 @@ class StoreWriter(Actor):
         raise AssertionError("unreachable")
 
     def _fail(self, pending: list[Commit], error: Exception) -> None:
+        if isinstance(error, StorageError) and self._failure is None:
+            # The engine stops before anyone hears of the failure: a caller that sees the error
+            # and tries again must find the engine stopped, not a store that may still write.
+            self._failure = error
+            self._on_storage_failure(error)
         for request in pending:
             request.reply.fail(error)
-        if isinstance(error, StorageError):
-            self._on_storage_failure(error)
 
 
 def commit_through(writer: pykka.ActorRef[StoreWriter], timeout: float | None = None) -> Callable[..., Any]:

@@ -23,6 +23,7 @@ from steplog.engine.events import Event
 from steplog.engine.expressions import Expression, ExpressionError, compile_expression
 from steplog.engine.flow import Batch, Concurrency, Debounce, FlowOptions, Priority, RateLimit, Singleton, Throttle
 from steplog.engine.functions import FunctionDef, FunctionRegistry, define_function
+from steplog.engine.health import StuckRun, stuck_runs
 from steplog.engine.invocation import Outcome
 from steplog.engine.limits import Limits
 from steplog.engine.options import Cancel, Timeouts
@@ -68,6 +69,7 @@ __all__ = [
     "Singleton",
     "Step",
     "StepError",
+    "StuckRun",
     "SystemClock",
     "Throttle",
     "Timeouts",
@@ -78,4 +80,5 @@ __all__ = [
     "define_function",
     "parse_duration",
     "queries",
+    "stuck_runs",
 ]

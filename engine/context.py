@@ -28,7 +28,7 @@ from steplog.engine.errors import StepError
 from steplog.engine.events import Event
 from steplog.engine.ids import StepKeys
 from steplog.engine.invocation import BRANCH, RUN_KIND, SEND_KIND, SLEEP_KIND, Branch, Invocation
-from steplog.engine.jsonvalues import NotJSONError, encode, size_of
+from steplog.engine.jsonvalues import NotJSONError, encode, is_unicode, size_of
 from steplog.engine.options import pause_expression, pause_timeout
 from steplog.engine.parallel import AsyncGroup, Group
 from steplog.engine.pauses import INVOKE_KIND, WAIT_KIND
@@ -64,6 +64,8 @@ class _StepCore:
     def _key(self, step_id: str) -> str:
         if not isinstance(step_id, str) or not step_id:
             raise self._invocation.abort("StepIdError", f"a step id must be a non-empty string, got {step_id!r}")
+        if not is_unicode(step_id):
+            raise self._invocation.abort("StepIdError", f"step id {step_id!r} holds a lone surrogate: not Unicode text")
         key = self._keys.next(step_id)
         branch = BRANCH.get()
         if branch is not None and branch.on_keyed is not None:
@@ -76,6 +78,7 @@ class _StepCore:
         if record is not None:
             return key, record, True
         self._invocation.check_step_limit()
+        self._invocation.wait_for_retry(key)
         self._invocation.attempt = self._invocation.step_attempt(key)
         self._invocation.in_step = True
         return key, None, False
@@ -124,8 +127,8 @@ class _StepCore:
         if key not in invocation.state.waits:  # its options are checked once, when it is registered
             where = f"step {key!r}: wait_for_event"
             try:
-                if not isinstance(event, str) or not event.strip() or "*" in event:
-                    raise ValueError(f"{where}: event must be an exact event name, got {event!r}")
+                if not isinstance(event, str) or not event.strip() or "*" in event or not is_unicode(event):
+                    raise ValueError(f"{where}: event must be an exact event name (Unicode text), got {event!r}")
                 expression = pause_expression(if_exp, match, where)
                 duration = pause_timeout(timeout, where)
             except ValueError as error:

@@ -30,11 +30,12 @@ from steplog.engine.errors import EngineError, RunNotFoundError
 from steplog.engine.events import Event, ReceivedEvent, prepare_events
 from steplog.engine.flow.gate import FlowGate, Journal, Start
 from steplog.engine.functions import FunctionRegistry
+from steplog.engine.jsonvalues import as_unicode
 from steplog.engine.limits import Limits, for_engine_events
 from steplog.engine.pauses import CANCEL_KIND, Pause, PauseIndex
 from steplog.engine.routing import DEDUP_WINDOW, FiredEvent, Routed, ScheduledRun, dedup_key, route, route_fired
 from steplog.engine.state import FINAL_STATUSES
-from steplog.eventstore import Append, Committed, ConcurrencyError, EventStore, NewEntry, StreamWrite
+from steplog.eventstore import Append, Committed, ConcurrencyError, CorruptEntryError, EventStore, NewEntry, StreamWrite
 
 EventInput = Event | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]
 Committer = Callable[[Sequence[Append]], list[Committed | ConcurrencyError]]
@@ -323,7 +324,7 @@ class Coordinator:
             if isinstance(request, RerunRun):
                 return self._plan_rerun(request, batch, now)
             return self._plan_end(request, batch, now)
-        except EngineError as error:
+        except (EngineError, CorruptEntryError) as error:  # a damaged run's stream refuses its request alone
             return error
 
     def _plan_send(
@@ -520,11 +521,12 @@ class Coordinator:
             raise RunNotFoundError(f"no run {request.run_id!r}")
         if rows[0]["status"] in FINAL_STATUSES:
             return _Planned([], lambda _results: Done(False))
-        entry = NewEntry(r.CANCEL_REQUESTED, {"reason": request.reason})
+        reason = as_unicode(request.reason) if isinstance(request.reason, str) else request.reason
+        entry = NewEntry(r.CANCEL_REQUESTED, {"reason": reason})
         write = StreamWrite(r.signal_stream(request.run_id), (entry,))
 
         def finish(_results: list[Committed | ConcurrencyError]) -> Answer:
-            self.cancelling.setdefault(request.run_id, request.reason)
+            self.cancelling.setdefault(request.run_id, reason)
             return Done(True, Accepted([], [], [], [(request.run_id, rows[0]["function_id"])]))
 
         return _Planned([Append((write,))], finish)

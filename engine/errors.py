@@ -61,12 +61,14 @@ class RunFailedError(EngineError):
 class NondeterminismError(EngineError):
     """A recorded step id came back as a different kind of step."""
 
-    def __init__(self, step_id: str, recorded: str, requested: str) -> None:
+    def __init__(self, step_id: str, recorded: str, requested: str, *, run_id: str | None = None) -> None:
         self.step_id = step_id
         self.recorded = recorded
         self.requested = requested
+        self.run_id = run_id
+        in_run = f"run {run_id}: " if run_id else ""
         super().__init__(
-            f"non-deterministic step {step_id!r}: the log records a {recorded!r} step,"
+            f"{in_run}non-deterministic step {step_id!r}: the log records a {recorded!r} step,"
             f" the code now asks for a {requested!r} step"
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,13 +78,22 @@ def prepare_events(
 
     ``id_seed`` (Inngest's ``x-inngest-event-id-seed``) makes the internal ids the seed's, not new ones.
     """
-    items = [events] if isinstance(events, (Event, Mapping)) else list(events)
+    items = _items(events)
     if len(items) > limits.events_per_send:
         raise EventTooLargeError(f"a send holds {len(items)} events; the limit is {limits.events_per_send}")
     ids = _seeded(id_seed, len(items)) if id_seed is not None else [new_ulid(now) for _ in items]
     return [
         _prepare(item, index, len(items), ids[index], now, limits, allow_reserved) for index, item in enumerate(items)
     ]
+
+
+def _items(events: object) -> list[Any]:
+    if isinstance(events, (Event, Mapping)):
+        return [events]
+    if isinstance(events, (str, bytes, bytearray)) or not isinstance(events, Iterable):
+        kind = "null" if events is None else type(events).__name__
+        raise EventError(f"send an event (a steplog.Event or a JSON object) or a list of events, not {kind}")
+    return list(events)
 
 
 def _seeded(id_seed: str, count: int) -> list[str]:

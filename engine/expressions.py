@@ -21,7 +21,10 @@ celpy has no evaluation budget, so the work is bounded statically and checked at
 * At evaluation, a comprehension over more than COMPREHENSION_BOUND elements fails with ExpressionError,
   so the static estimate is an upper bound on the number of node evaluations.
 * A node's own work is linear in the size of the values it touches (string functions, ``in`` on a
-  list, comparing maps), which the payload size limit bounds. ``matches`` runs on RE2 (celpy imports
+  list, comparing maps), which the payload size limit bounds. Only ``+`` makes values larger than the
+  payload (chains like ``s + s + s`` inside comprehensions grow geometrically), so at evaluation the
+  strings, bytes and lists that ``+`` builds may hold CONCATENATION_BOUND elements in all, else
+  ExpressionError. ``matches`` runs on RE2 (celpy imports
   ``google-re2``): linear time, no backtracking, so no pattern can be catastrophic. A literal pattern is
   also compiled at definition time, so a malformed one is refused early.
 
@@ -56,11 +59,14 @@ from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError, CELParser
 from celpy.evaluation import Activation, CELEvalError, Evaluator, base_functions
 from lark.exceptions import UnexpectedCharacters, UnexpectedToken
+from steplog.engine.jsonvalues import is_unicode
 
 ResultKind: TypeAlias = Literal["bool", "any", "string", "number"]
 
 COMPREHENSION_BOUND: Final = 1000
 """Elements a comprehension is assumed to iterate over, and the most it may iterate over at evaluation."""
+CONCATENATION_BOUND: Final = 10_000_000
+"""Characters, bytes or list elements that ``+`` may build in one evaluation, all concatenations together."""
 MAX_COMPREHENSION_DEPTH: Final = 2
 MAX_TREE_DEPTH: Final = 100
 DEFAULT_MAX_LENGTH: Final = 4096
@@ -148,6 +154,10 @@ class _TooManyElements(Exception):
     """Internal: a comprehension went past COMPREHENSION_BOUND elements."""
 
 
+class _TooMuchConcatenation(Exception):
+    """Internal: ``+`` built more than CONCATENATION_BOUND elements in one evaluation."""
+
+
 @attrs.frozen
 class Expression:
     """A compiled CEL expression, ready to evaluate many times (and from many threads).
@@ -180,7 +190,7 @@ class Expression:
                 key, type mismatch, division by zero, comprehension over too many elements), or the
                 result does not have the kind the expression was compiled for.
         """
-        activation = _BASE_ACTIVATION.nested_activation(vars=self._bind(variables))
+        activation = Activation(vars=self._bind(variables), functions={"_+_": _bounded_addition()})
         value = self._run(activation)
         self._check_result(value)
         try:
@@ -220,6 +230,9 @@ class Expression:
             raise ExpressionError(self.source, _cel_reason(error)) from None
         except _TooManyElements:
             reason = f"a comprehension went over more than {COMPREHENSION_BOUND} elements"
+            raise ExpressionError(self.source, reason) from None
+        except _TooMuchConcatenation:
+            reason = f"'+' built strings, bytes or lists of more than {CONCATENATION_BOUND} elements in all"
             raise ExpressionError(self.source, reason) from None
         except RecursionError:
             raise ExpressionError(self.source, "evaluation nested too deeply") from None
@@ -312,6 +325,8 @@ def _compile(source: str, names: frozenset[str], result: ResultKind, max_length:
         raise ExpressionError(source, "expression is empty")
     if len(source) > max_length:
         raise ExpressionError(source, f"expression is {len(source)} characters long; the limit is {max_length}")
+    if not is_unicode(source):
+        raise ExpressionError(source, "expression holds a lone surrogate: it is not Unicode text")
     tree = _parse(source)
     try:
         analysis = _analyze(tree, names)
@@ -549,6 +564,22 @@ def _bounded(body: Callable[[Any], Any]) -> Callable[[Any], Any]:
         if calls > COMPREHENSION_BOUND:
             raise _TooManyElements
         return body(value)
+
+    return bounded
+
+
+def _bounded_addition() -> Callable[[Any, Any], Any]:
+    """CEL's ``+`` for one evaluation, counting what it concatenates before building it."""
+    add = base_functions["_+_"]
+    built = 0
+
+    def bounded(left: Any, right: Any) -> Any:
+        nonlocal built
+        if isinstance(left, (str, bytes, list)) and isinstance(right, (str, bytes, list)):
+            built += len(left) + len(right)
+            if built > CONCATENATION_BOUND:
+                raise _TooMuchConcatenation
+        return add(left, right)
 
     return bounded
 

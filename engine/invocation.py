@@ -359,8 +359,10 @@ class Invocation:
         record = self.state.memo.get(key)
         if record is None:
             begun = SLEEP_KIND if key in self.state.sleeps else self.state.waits.get(key, {}).get("kind")
-            if begun is not None and begun != kind:  # begun as a sleep or wait, not yet completed
-                changed = NondeterminismError(key, begun, kind)
+            # begun as a sleep or wait, or a step.run with failed attempts (only step.run retries)
+            attempted = begun or (RUN_KIND if key in self.state.step_failures else None)
+            if attempted is not None and attempted != kind:
+                changed = NondeterminismError(key, attempted, kind, run_id=self.state.run_id)
                 raise self._interrupted(_Abort(error_info(changed, with_stack=False)))
             if begun is None:
                 self.check_cancel()
@@ -369,7 +371,8 @@ class Invocation:
                 self.hooks.reached(self, key, kind, None)
             return None
         if record.kind != kind:
-            raise self._interrupted(_Abort(error_info(NondeterminismError(key, record.kind, kind), with_stack=False)))
+            changed = NondeterminismError(key, record.kind, kind, run_id=self.state.run_id)
+            raise self._interrupted(_Abort(error_info(changed, with_stack=False)))
         self.memo_hits += 1
         if self.hooks is not None:
             self.hooks.reached(self, key, kind, record)
@@ -392,6 +395,13 @@ class Invocation:
 
     def step_attempt(self, key: str) -> int:
         return self.state.step_failures.get(key, 0)
+
+    def wait_for_retry(self, key: str) -> None:
+        """Woken before a failed step's retry time (a restart acting on an old wakeup, a signal to another
+        branch): wait again, never retry early."""
+        retry_at = self.state.step_retry_at.get(key)
+        if retry_at is not None and parse_time(retry_at) > self.clock.now():
+            raise self._interrupted(_Suspend(parse_time(retry_at)))
 
     def record_output(self, key: str, step_id: str, kind: str, output: Any, started: datetime) -> Any:
         """Commit a step's result; return it as the function will see it on any later replay."""
@@ -565,6 +575,9 @@ class Invocation:
                 timeouts = self.function.timeouts
                 deadline = timeouts.start_deadline(self.state.scheduled_at) if timeouts else None
                 return Outcome("waiting", wake_at=min(ready_at, deadline or ready_at))
+        retry_at = self.state.run_retry_at
+        if retry_at is not None and parse_time(retry_at) > self.clock.now():
+            return self._suspend(parse_time(retry_at))  # woken early (an old wakeup): never retry early
         try:
             output = self._call(context)
         except BaseException as raised:  # noqa: BLE001 - every way out of user code is decided here
@@ -686,8 +699,8 @@ class Invocation:
             return
         events = tuple(end_events(self.state, status, output=output, error=error)) if announce else ()
         answer = self._end_through_coordinator(entry, events)
-        if isinstance(answer, EngineError) and events:  # an end event too large: never let it block the end
-            answer = self._end_through_coordinator(entry, tuple(trimmed(event) for event in events))
+        if isinstance(answer, EngineError) and events:  # an end event refused: never let it block the end
+            answer = self._end_through_coordinator(entry, tuple(trimmed(event, str(answer)) for event in events))
         if isinstance(answer, Exception):
             raise self._interrupted(_HostFailure(answer))
 

@@ -44,6 +44,7 @@ import traceback
 from typing import Any
 
 from steplog.engine.errors import StepError
+from steplog.engine.jsonvalues import as_unicode
 
 EVENT_RECEIVED = "event.received"
 EVENT_DUPLICATE = "event.duplicate"
@@ -95,5 +96,6 @@ def error_info(error: BaseException, *, with_stack: bool = True) -> ErrorInfo:
             message = str(error)
         except Exception:  # noqa: BLE001 - a user's exception with a broken __str__ must still be recorded
             message = f"<unprintable {type(error).__name__}>"
-    stack = "".join(traceback.format_exception(error)) if with_stack else None
-    return {"name": type(error).__name__, "message": message, "stack": stack}
+    stack = as_unicode("".join(traceback.format_exception(error))) if with_stack else None
+    # a message may hold text the log cannot (an undecodable file name): it is recorded escaped
+    return {"name": type(error).__name__, "message": as_unicode(message), "stack": stack}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import heapq
 import json
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,14 +44,32 @@ from steplog.eventstore import (
     Append,
     Committed,
     ConcurrencyError,
+    CorruptEntryError,
     EventStore,
     NewEntry,
+    StorageError,
     StreamWrite,
     format_time,
     parse_time,
 )
 
-__all__ = ["Accepted", "Engine", "EventInput", "Recovery", "StaleRunError"]
+__all__ = ["Accepted", "Engine", "EventInput", "Recovery", "StaleRunError", "reading_projections"]
+
+
+@contextmanager
+def reading_projections(store: EventStore) -> Iterator[None]:
+    """Loading what start needs from the projections: a row that cannot be understood (a time that
+    is not a time, JSON that is not JSON: damage on disk, or a hand edit) raises StorageError that
+    says so and what to do, rather than the parser's bare ValueError. The projections are derived:
+    ``steplog rebuild`` recomputes them from the log (whose entries are checksummed)."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError) as error:
+        where = getattr(store, "path", "the store")
+        raise StorageError(
+            f"the projections of {where} cannot be read ({type(error).__name__}: {error}); they may be damaged:"
+            f" `steplog check --db {where}` tells, and `steplog rebuild --db {where}` recomputes them from the log"
+        ) from error
 
 
 @attrs.frozen
@@ -90,6 +109,8 @@ class Engine:
         self._due: dict[str, datetime] = {}
         self._fresh: dict[str, RunState] = {}
         """Runs just scheduled and not yet invoked: their first invocation needs no read of the log."""
+        self.refused: dict[str, CorruptEntryError] = {}
+        """Runs whose log is damaged (``run_until_idle`` refused to invoke them), with the damage."""
 
     def _commit_directly(self, appends: Sequence[Append]) -> list[Committed | ConcurrencyError]:
         return self.store.commit(appends, now=self.clock.now())
@@ -193,6 +214,12 @@ class Engine:
         return bool(answer.value)
 
     def recover(self) -> Recovery:
+        """Runs to start and timers to arm, from the projections (see ``_recover``); StorageError if
+        they cannot be understood (``reading_projections``)."""
+        with reading_projections(self.store):
+            return self._recover()
+
+    def _recover(self) -> Recovery:
         """Runs to start (queued, or interrupted mid-invocation) and timers to arm, from the projections.
 
         A run's timer is the earlier of its ``timers`` row and its ``wakeups`` row (a signal not yet
@@ -255,8 +282,9 @@ class Engine:
 
     def start(self) -> None:
         """Pick up the work left in the log by an earlier process."""
-        self.coordinator.load_pauses()
-        self.coordinator.load_flow(self.clock.now())
+        with reading_projections(self.store):
+            self.coordinator.load_pauses()
+            self.coordinator.load_flow(self.clock.now())
         recovery = self.recover()
         self._ready.extend(run_id for run_id, _ in recovery.ready)
         for due, run_id, _ in recovery.timers:
@@ -270,7 +298,13 @@ class Engine:
             if not self._ready:
                 return count
             run_id = self._ready.popleft()
-            outcome = self.invoke(run_id, self._fresh.pop(run_id, None))
+            try:
+                outcome = self.invoke(run_id, self._fresh.pop(run_id, None))
+            except CorruptEntryError as error:
+                # Never run from a damaged history; the other runs go on. Nothing is written to the
+                # run: its stream cannot be trusted, and `steplog check` shows the damage.
+                self.refused[run_id] = error
+                continue
             count += 1
             self._arm(run_id, outcome.wake_at)
 

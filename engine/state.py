@@ -33,7 +33,11 @@ class RunState:
     started: bool = False
     memo: dict[str, StepRecord] = attrs.Factory(dict)
     step_failures: dict[str, int] = attrs.Factory(dict)
+    step_retry_at: dict[str, str] = attrs.Factory(dict)
+    """When each step that errored may be attempted again: step key -> its last ``retry_at``."""
     run_failures: int = 0
+    run_retry_at: str | None = None
+    """When the code outside steps may run again after its last failure (its ``retry_at``)."""
     version: int = 0
     output: Any = None
     error: ErrorInfo | None = None
@@ -157,6 +161,7 @@ def _suspended(state: RunState, data: dict[str, Any]) -> None:
 
 def _step_errored(state: RunState, data: dict[str, Any]) -> None:
     state.step_failures[data["step"]] = state.step_failures.get(data["step"], 0) + 1
+    state.step_retry_at[data["step"]] = data["retry_at"]
     state.status, state.wake_at = "waiting", data["retry_at"]
 
 
@@ -168,6 +173,7 @@ def _step_failed(state: RunState, data: dict[str, Any]) -> None:
 
 def _run_errored(state: RunState, data: dict[str, Any]) -> None:
     state.run_failures += 1
+    state.run_retry_at = data["retry_at"]
     state.status, state.wake_at = "waiting", data["retry_at"]
 
 

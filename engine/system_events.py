@@ -61,9 +61,10 @@ def end_events(state: RunState, status: str, *, output: Any = None, error: Any =
     return events
 
 
-def trimmed(event: dict[str, Any]) -> dict[str, Any]:
-    """An end event cut down to fit the event size limit: the trigger reduced to its name, id and
-    ts, no ``events``, a result replaced by an error saying it was too large, errors without stacks."""
+def trimmed(event: dict[str, Any], refusal: str = "it is too large") -> dict[str, Any]:
+    """An end event cut down to what is always accepted: the trigger reduced to its name, id and
+    ts, no ``events``, a result replaced by an error saying why it could not be sent (``refusal``:
+    too large, or nested too deeply), errors without stacks."""
     data = dict(event["data"])
     trigger = data.get("event") or {}
     data["event"] = {key: trigger[key] for key in ("name", "id", "ts") if key in trigger}
@@ -71,7 +72,7 @@ def trimmed(event: dict[str, Any]) -> dict[str, Any]:
     if "result" in data:
         del data["result"]
         data["error"] = {"name": "OutputTooLargeError", "stack": None,
-                         "message": "the run's result is too large to send in its end event"}
+                         "message": f"the run's result could not be sent in its end event: {refusal[:500]}"}
     elif isinstance(data.get("error"), dict):
         error = data["error"]
         data["error"] = {"name": error.get("name"), "message": str(error.get("message"))[:1000], "stack": None}

@@ -5,7 +5,14 @@ nothing of the engine or the actors above it.
 """
 
 from steplog.eventstore.base import EventStore, format_time, parse_time
-from steplog.eventstore.errors import ConcurrencyError, EventStoreError, StorageError, StoreBusyError, StoreClosedError
+from steplog.eventstore.errors import (
+    ConcurrencyError,
+    CorruptEntryError,
+    EventStoreError,
+    StorageError,
+    StoreBusyError,
+    StoreClosedError,
+)
 from steplog.eventstore.memory import MemoryEventStore
 from steplog.eventstore.projections import Change, Delete, Difference, Projector, Row, Table, Upsert
 from steplog.eventstore.records import Append, Committed, Entry, NewEntry, StreamWrite
@@ -16,6 +23,7 @@ __all__ = [
     "Change",
     "Committed",
     "ConcurrencyError",
+    "CorruptEntryError",
     "Delete",
     "Difference",
     "Entry",

@@ -7,6 +7,12 @@ rolls back and breaks the store: later writes raise ``StorageError`` instead of 
 place, because after a failed fsync the state of the file is unknown.
 
 Every sqlite3 error is translated to ``StorageError`` here, and nowhere else.
+
+Damage: every log entry carries a CRC-32 (``log.checksum``, see ``checksums``), written with it
+and verified whenever a row becomes an ``Entry``; a mismatch, data that is not a JSON object, or a
+gap in a stream's versions raises ``CorruptEntryError`` for that read alone. Entries written before
+schema 2 have no checksum (NULL) and are only checked for JSON. ``check`` verifies the whole file:
+SQLite's ``PRAGMA integrity_check``, every entry, and the projections against a rebuild.
 """
 
 from __future__ import annotations
@@ -17,20 +23,57 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
+import attrs
 import sqlite_utils
 from steplog.eventstore.base import EventStore, KeyRecord, Plan, Range
-from steplog.eventstore.errors import StorageError, StoreBusyError
-from steplog.eventstore.projections import Change, Projector, Row, Table, Upsert, coalesce
+from steplog.eventstore.checksums import entry_checksum, text_checksum
+from steplog.eventstore.errors import CorruptEntryError, StorageError, StoreBusyError
+from steplog.eventstore.projections import Change, Difference, Projector, Row, Table, Upsert, coalesce
 from steplog.eventstore.records import Append, Entry
 
 Synchronous = Literal["FULL", "NORMAL", "OFF", "EXTRA"]
 _SYNCHRONOUS_MODES = ("FULL", "NORMAL", "OFF", "EXTRA")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first schema. 2: ``log.checksum`` (NULL in the rows a version-1 file already had)."""
 BUSY_TIMEOUT_MS = 5000
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
+INTEGRITY_LINES = 100
+"""At most this many problems from ``PRAGMA integrity_check``."""
+VERSION_CACHE_STREAMS = 10_000
+"""Stream versions the writer keeps, least recently written out first. A run's streams are written
+while it lives; those of runs that ended age out instead of piling up (the soak found them growing
+with every run, to 100,000 streams, before the cache was simply cleared)."""
+
+
+@attrs.frozen
+class DamagedEntry:
+    """A log entry that ``check`` found damaged, and what is wrong with it."""
+
+    position: int
+    stream: str
+    problem: str
+
+
+@attrs.frozen
+class CheckReport:
+    """What ``SqliteEventStore.check`` found: SQLite's own verdict, damaged entries, and how the
+    projections differ from a rebuild (None when the log is damaged: no rebuild was compared)."""
+
+    entries: int
+    unverified: int
+    """Entries written before schema 2, which have no checksum."""
+    integrity: tuple[str, ...]
+    """``PRAGMA integrity_check``'s problems; empty if it said ok."""
+    damaged: tuple[DamagedEntry, ...]
+    differences: tuple[Difference, ...] | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.integrity and not self.damaged and not self.differences
 
 
 class SqliteEventStore(EventStore):
@@ -59,8 +102,13 @@ class SqliteEventStore(EventStore):
         if read_only and not Path(self.path).is_file():
             raise StorageError(f"cannot open {self.path} read-only: no such file")
         self._writer = self._connect()
-        if not read_only:
-            self._create_schema()
+        try:
+            if not read_only:
+                self._create_schema()
+            self._entry_sql = self._entry_select()
+        except BaseException:
+            self.close()  # a file that cannot be opened leaves no connection behind
+            raise
         # Stream versions and the last position, as this writer last committed them. Valid while
         # no other connection has committed, which PRAGMA data_version tells at each BEGIN.
         self._versions: dict[str, int] = {}
@@ -84,7 +132,7 @@ class SqliteEventStore(EventStore):
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        except sqlite3.Error as error:
+        except (sqlite3.Error, UnicodeDecodeError) as error:  # a damaged schema can give an undecodable message
             raise StorageError(f"cannot open {self.path}: {error}") from error
         with self._connections_lock:
             self._all_connections.append(conn)
@@ -110,15 +158,25 @@ class SqliteEventStore(EventStore):
     # -- schema ------------------------------------------------------------------------------
 
     def _create_schema(self) -> None:
-        db = sqlite_utils.Database(self._writer)
         with self._translated("create the schema"):
+            db = sqlite_utils.Database(self._writer)  # it runs a statement, which may fail too
+            found = self._writer.execute("PRAGMA user_version").fetchone()[0]
+            if found > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path} has schema version {found}, newer than this steplog's {SCHEMA_VERSION}:"
+                    " upgrade steplog to open it"
+                )
             log = db.table("log")
             log.create(
-                {"position": int, "stream": str, "version": int, "type": str, "data": str, "recorded_at": str},
+                {
+                    "position": int, "stream": str, "version": int, "type": str, "data": str, "recorded_at": str,
+                    "checksum": int,
+                },
                 pk="position",
                 not_null={"stream", "version", "type", "data", "recorded_at"},
                 if_not_exists=True,
             )
+            self._add_checksum_column()
             log.create_index(["stream", "version"], unique=True, if_not_exists=True)
             log.create_index(["type", "position"], if_not_exists=True)
             db.table("idempotency_keys").create(
@@ -127,6 +185,38 @@ class SqliteEventStore(EventStore):
             for table in self.projector.tables:
                 self._create_table(db, table)
             self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _add_checksum_column(self) -> None:
+        """Migrate a version-1 log: add ``checksum``, NULL in the rows already there.
+
+        The old rows are left unverified rather than summed now: summing them would bless whatever
+        they hold today, damage included, and would rewrite every page of the log (the whole file
+        through the WAL) at the first start; adding a column is instant. New rows are summed.
+        """
+        if self._has_checksums(self._writer):
+            return
+        self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._has_checksums(self._writer):  # another process may have migrated meanwhile
+                self._writer.execute("ALTER TABLE log ADD COLUMN checksum INTEGER")
+            self._writer.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    @staticmethod
+    def _has_checksums(conn: sqlite3.Connection) -> bool:
+        return any(row[1] == "checksum" for row in conn.execute("PRAGMA table_info(log)"))
+
+    def _entry_select(self) -> str:
+        """The columns a read of entries selects: text as UTF-8 bytes (what the checksum sums, and
+        undecodable bytes become a CorruptEntryError, not a failed read), then the checksum."""
+        with self._translated("read the schema"):
+            checksum = "checksum" if self._has_checksums(self._writer) else "NULL"
+        return (
+            "SELECT position, CAST(stream AS BLOB), version, CAST(type AS BLOB), CAST(data AS BLOB),"
+            f" CAST(recorded_at AS BLOB), {checksum} FROM log"
+        )
 
     def _create_table(self, db: sqlite_utils.Database, table: Table) -> None:
         created = db.table(table.name)
@@ -142,6 +232,8 @@ class SqliteEventStore(EventStore):
             yield
         except sqlite3.Error as error:
             raise StorageError(f"SQLite failed to {action} in {self.path}: {error}") from error
+        except UnicodeDecodeError as error:  # sqlite3 decoding a damaged text value it read
+            raise StorageError(f"SQLite failed to {action} in {self.path}: a stored text is not UTF-8 ({error})") from error
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -212,9 +304,14 @@ class SqliteEventStore(EventStore):
     def _remember(self, plan: Plan | None) -> None:
         if plan is None:
             return
-        if len(self._versions) > 100_000:
-            self._versions.clear()
-        self._versions.update(plan.versions)
+        versions = self._versions
+        for stream, version in plan.versions.items():
+            versions.pop(stream, None)  # re-inserted last: the dict's order is the order of last writes
+            versions[stream] = version
+        excess = len(versions) - VERSION_CACHE_STREAMS
+        if excess > 0:  # the least recently written go, a tenth more at once so that this stays rare
+            for stream in list(islice(versions, excess + VERSION_CACHE_STREAMS // 10)):
+                del versions[stream]
         if plan.entries:
             self._position = plan.entries[-1].position
 
@@ -271,8 +368,9 @@ class SqliteEventStore(EventStore):
         conn = self._writer
         _insert_rows(
             conn,
-            "INSERT INTO log (position, stream, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [(e.position, e.stream, e.version, e.type, _dump(e.data), e.recorded_at) for e in plan.entries],
+            "INSERT INTO log (position, stream, version, type, data, recorded_at, checksum)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [_log_row(entry) for entry in plan.entries],
         )
         self._apply_changes(conn, plan.changes)
         if not plan.keys:
@@ -334,14 +432,17 @@ class SqliteEventStore(EventStore):
     def read_stream(self, stream: str, *, after: int = 0) -> list[Entry]:
         with self._translated("read a stream"):
             rows = self._reader().execute(
-                "SELECT position, stream, version, type, data, recorded_at FROM log"
-                " WHERE stream = ? AND version > ? ORDER BY version",
-                (stream, after),
+                f"{self._entry_sql} WHERE stream = ? AND version > ? ORDER BY version", (stream, after)
             ).fetchall()
-        return [_entry(row) for row in rows]
+        entries = [self._entry(row) for row in rows]
+        for expected, entry in enumerate(entries, start=after + 1):
+            if entry.version != expected or entry.stream != stream:  # lost entries, or a damaged index
+                found = f"version {entry.version} of {entry.stream!r}"
+                raise CorruptEntryError(self.path, entry.position, stream, f"expected version {expected}, found {found}")
+        return entries
 
     def read_all(self, *, after: int = 0, limit: int | None = None, types: Sequence[str] = ()) -> list[Entry]:
-        sql = "SELECT position, stream, version, type, data, recorded_at FROM log WHERE position > ?"
+        sql = f"{self._entry_sql} WHERE position > ?"
         params: list[Any] = [after]
         if types:
             sql += f" AND type IN ({', '.join('?' for _ in types)})"
@@ -352,7 +453,14 @@ class SqliteEventStore(EventStore):
             params.append(limit)
         with self._translated("read the log"):
             rows = self._reader().execute(sql, params).fetchall()
-        return [_entry(row) for row in rows]
+        return [self._entry(row) for row in rows]
+
+    def _entry(self, row: tuple[Any, ...]) -> Entry:
+        """A row of ``_entry_sql`` as an Entry, once its bytes are verified; CorruptEntryError if not."""
+        entry = _decoded(row)
+        if isinstance(entry, str):
+            raise CorruptEntryError(self.path, row[0], _text_of(row[1]), entry)
+        return entry
 
     def query(
         self,
@@ -383,19 +491,54 @@ class SqliteEventStore(EventStore):
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
 
+    # -- checking ----------------------------------------------------------------------------
+
+    def check(self) -> CheckReport:
+        """Verify the whole file and report, without raising for damage: SQLite's ``PRAGMA
+        integrity_check``, every entry (checksum, JSON, positions 1, 2, 3... and each stream's
+        versions without gaps), and, if all of that is sound, the projections against a rebuild
+        from the log. Only reads; a damaged file SQLite cannot read at all raises StorageError."""
+        self._check_open()
+        with self._snapshot(), self._translated("check the database"):
+            lines = [row[0] for row in self._writer.execute(f"PRAGMA integrity_check({INTEGRITY_LINES})")]
+            integrity = () if lines == ["ok"] else tuple(str(line) for line in lines)
+            entries, unverified, damaged = self._scan_entries()
+        differences = None
+        if not integrity and not damaged:
+            differences = tuple(self.rebuild_projections(apply=False))
+        return CheckReport(entries, unverified, integrity, tuple(damaged), differences)
+
+    def _scan_entries(self) -> tuple[int, int, list[DamagedEntry]]:
+        entries = unverified = last_position = 0
+        versions: dict[str, int] = {}
+        damaged: list[DamagedEntry] = []
+        for row in self._writer.execute(f"{self._entry_sql} ORDER BY position"):
+            entries += 1
+            unverified += row[6] is None
+            position, stream, version = row[0], _text_of(row[1]), row[2]
+            problems = [] if not isinstance(decoded := _decoded(row), str) else [decoded]
+            if position != last_position + 1:
+                problems.append(f"the log skips from position {last_position} to {position}")
+            if version != versions.get(stream, 0) + 1:
+                problems.append(f"its stream skips from version {versions.get(stream, 0)} to {version}")
+            damaged.extend(DamagedEntry(position, stream, problem) for problem in problems)
+            last_position = position if isinstance(position, int) else last_position + 1
+            versions[stream] = version if isinstance(version, int) else versions.get(stream, 0) + 1
+        return entries, unverified, damaged
+
     # -- rebuilding --------------------------------------------------------------------------
 
     def _iter_all(self) -> Iterator[Entry]:
-        cursor = self._writer.execute(
-            "SELECT position, stream, version, type, data, recorded_at FROM log ORDER BY position"
-        )
-        for row in cursor:
-            yield _entry(row)
+        with self._translated("read the log"):
+            cursor = self._writer.execute(f"{self._entry_sql} ORDER BY position")
+            for row in cursor:
+                yield self._entry(row)
 
     def _all_rows(self, table: Table) -> list[Row]:
-        cursor = self._writer.execute(f"SELECT * FROM [{table.name}]")
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        with self._translated(f"read {table.name}"):
+            cursor = self._writer.execute(f"SELECT * FROM [{table.name}]")
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def _replace_tables(self, tables: dict[str, dict[tuple[Any, ...], Row]]) -> None:
         for name, rows in tables.items():
@@ -411,8 +554,45 @@ def _dump(data: object) -> str:
     return _ENCODER.encode(data)
 
 
-def _entry(row: tuple[Any, ...]) -> Entry:
-    return Entry(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+def _log_row(entry: Entry) -> tuple[Any, ...]:
+    data = _dump(entry.data)
+    checksum = text_checksum(entry.position, entry.stream, entry.version, entry.type, entry.recorded_at, data)
+    return (entry.position, entry.stream, entry.version, entry.type, data, entry.recorded_at, checksum)
+
+
+def _decoded(row: tuple[Any, ...]) -> Entry | str:
+    """A row of ``_entry_sql`` (its text columns as bytes) as an Entry, or what is wrong with it.
+
+    The checksum is compared first: a damaged entry that still parses must not be used. A row
+    written before schema 2 (checksum NULL) is only checked for decodable text and a JSON object.
+    """
+    position, stream, version, type_, data, recorded_at, stored = row
+    if type(stream) is not bytes or type(type_) is not bytes or type(data) is not bytes or type(recorded_at) is not bytes:
+        return "a text column holds no text (NULL or another type)"
+    if type(position) is not int or type(version) is not int:
+        return "its position or version is not an integer"
+    if stored is not None:
+        computed = entry_checksum(position, stream, version, type_, recorded_at, data)
+        if stored != computed:
+            return f"its checksum does not match (stored {_hex(stored)}, computed {computed:#010x})"
+    try:
+        # json.loads of the decoded text: a third quicker than of the bytes
+        entry = Entry(position, stream.decode(), version, type_.decode(), json.loads(data.decode()), recorded_at.decode())
+    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"its text is not valid ({type(error).__name__}: {error})"
+    except RecursionError:
+        return "its data nests too deeply to be JSON steplog wrote"
+    if not isinstance(entry.data, dict):
+        return f"its data is a JSON {type(entry.data).__name__}, not an object"
+    return entry
+
+
+def _text_of(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else repr(value)
+
+
+def _hex(value: object) -> str:
+    return f"{value:#010x}" if isinstance(value, int) else repr(value)
 
 
 def _check_column(table: Table, column: str) -> None:
@@ -474,11 +654,22 @@ def _upsert_statement(table: Table, columns: tuple[str, ...]) -> str:
     return sql
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _where(table: Table, where: Mapping[str, Any], ranges: Mapping[str, Range]) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     for column, value in where.items():
         _check_column(table, column)
+        if isinstance(value, str) and not _is_unicode(value):
+            clauses.append("0")  # a lone surrogate cannot be stored, so nothing equals it (as in memory)
+            continue
         clauses.append(f"[{column}] IS ?" if value is None else f"[{column}] = ?")
         params.append(value)
     for column, (low, high) in ranges.items():

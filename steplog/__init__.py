@@ -41,12 +41,14 @@ from steplog.engine import (
     RunNotFoundError,
     Singleton,
     StepError,
+    StuckRun,
     SystemClock,
     Throttle,
     Timeouts,
     TriggerCron,
     TriggerEvent,
     WebhookDef,
+    stuck_runs,
 )
 from steplog.eventstore import MemoryEventStore, SqliteEventStore
 
@@ -81,10 +83,12 @@ __all__ = [
     "SqliteEventStore",
     "StepError",
     "Steplog",
+    "StuckRun",
     "SystemClock",
     "Throttle",
     "Timeouts",
     "TriggerCron",
     "TriggerEvent",
     "WebhookDef",
+    "stuck_runs",
 ]

@@ -2,15 +2,17 @@
 
     steplog events  [--name NAME] [--since T] [--until T] [--limit N] [--json]
     steplog runs    [--function ID] [--status S] [--event ID] [--since T] [--until T] [--limit N] [--json]
+    steplog runs    --stuck [WINDOW] [--json]
     steplog run     RUN_ID [--json]
     steplog rebuild [--check] [--json]
+    steplog check   [DB] [--json]
     steplog demo    [--events N]
     steplog serve   MODULE[:CLIENT] [--host H] [--port P] [--event-key KEY ...] [--dev] [--api-token T]
 
 Every command takes ``--db PATH`` (default ``$STEPLOG_DB``, else ``steplog.db``). The query commands
 only read: they open the file read-only and start no actor, so they are safe next to a running app.
-Times are shown in UTC. Exit codes: 0 ok, 1 an error (no database, no such run, or ``rebuild
---check`` found differences), 2 bad arguments.
+Times are shown in UTC. Exit codes: 0 ok, 1 an error (no database, no such run, ``rebuild
+--check`` found differences, ``check`` found damage, or ``runs --stuck`` found stuck runs), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from typing import Any, TextIO
 
 from steplog.actors.dblock import DatabaseLock
 from steplog.actors.errors import DatabaseInUseError
-from steplog.engine import Engine, RunNotFoundError, RunProjector, queries
+from steplog.engine import Engine, RunNotFoundError, RunProjector, parse_duration, queries, stuck_runs
 from steplog.eventstore import Difference, EventStoreError, SqliteEventStore, parse_time
-from steplog.eventstore.sqlite import BUSY_TIMEOUT_MS
+from steplog.eventstore.sqlite import BUSY_TIMEOUT_MS, CheckReport
 
 DEFAULT_DB = "steplog.db"
 DB_ENV = "STEPLOG_DB"
@@ -64,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     since, until = getattr(args, "since", None), getattr(args, "until", None)
     if since is not None and until is not None and since > until:
         args.subparser.error(f"--since ({_iso(since)}) is after --until ({_iso(until)})")
+    undecodable = _undecodable_filter(args)
+    if undecodable is not None:
+        args.subparser.error(f"{undecodable}: the argument is not valid UTF-8 text")
     try:
         return int(args.handler(args, sys.stdout))
     except CliError as error:
@@ -80,6 +85,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("steplog: interrupted", file=sys.stderr)
         return 130
+
+
+FILTER_ARGUMENTS = ("name", "function", "status", "event", "run_id", "if_exp", "reason")
+"""Arguments compared with what the log holds: text, which undecodable bytes (in a lone surrogate,
+as Python passes them in ``sys.argv``) can never equal."""
+
+
+def _undecodable_filter(args: argparse.Namespace) -> str | None:
+    """The first filter argument that is not valid UTF-8 text, as the user would recognise it; or None."""
+    for name in FILTER_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{name.replace('_', '-')} {value!r}"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--function", metavar="ID", help="only runs of this function")
     runs.add_argument("--status", choices=STATUSES, help="only runs with this status")
     runs.add_argument("--event", metavar="EVENT_ID", help="only runs started by this event (its id or internal id)")
+    runs.add_argument(
+        "--stuck", nargs="?", const=timedelta(seconds=60), type=_window_arg, metavar="WINDOW",
+        help="instead: runs eligible to progress (ready, due, woken or running) that have recorded nothing for"
+        " WINDOW (default 60s), each with its history; exit 1 if there are any",
+    )
 
     run = command(
         "run", cmd_run, [as_json], help="one run: its summary and each step attempt",
@@ -154,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
         " runs; prefer to run it while your app is stopped.",
     )
     rebuild.add_argument("--check", action="store_true", help="only report differences; exit 1 if there are any")
+
+    check = command(
+        "check", cmd_check, [as_json], help="verify the database: SQLite's integrity, every entry's checksum",
+        description="Verify the database without changing it: SQLite's PRAGMA integrity_check, every log"
+        " entry's checksum and JSON, positions and stream versions without gaps, and the projections against"
+        " a rebuild from the log. Lists each damaged entry (position, stream, what is wrong); exit 1 if"
+        " anything is wrong, else prints `ok: N entries`. Safe next to a running app.",
+    )
+    check.add_argument("database", metavar="DB", nargs="?", help="the database (instead of --db)")
 
     export = command(
         "export", cmd_export, [], help="write a run's recorded history as JSON, to replay in a test",
@@ -240,6 +276,32 @@ def _limit_arg(text: str) -> int:
     return value
 
 
+def _window_arg(text: str) -> timedelta:
+    try:
+        seconds: float | str = float(text)  # a bare number is seconds, as everywhere in steplog
+    except ValueError:
+        seconds = text
+    try:
+        window = parse_duration(seconds, what="window")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if window <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r}: the window must be longer than zero")
+    return window
+
+
+def _print_stuck(args: argparse.Namespace, out: TextIO) -> int:
+    with open_reader(args.db) as store:
+        stuck = stuck_runs(store, now=datetime.now(UTC), window=args.stuck)
+    if args.json:
+        _print_json([run.to_dict() for run in stuck], out)
+    elif not stuck:
+        print(f"no stuck runs (none eligible to progress for {format_seconds(args.stuck.total_seconds())})", file=out)
+    else:
+        print("\n\n".join(run.describe() for run in stuck), file=out)
+    return 1 if stuck else 0
+
+
 def _count_arg(text: str) -> int:
     try:
         value = int(text)
@@ -271,7 +333,7 @@ def check_database(path: str) -> set[str]:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             conn.close()
-    except sqlite3.DatabaseError as error:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as error:  # a damaged schema may hold text that is not UTF-8
         raise CliError(f"cannot read {path} as a SQLite database: {error}") from error
     if "log" not in tables:
         raise CliError(f"{path} is not a steplog database (it has no `log` table)")
@@ -361,6 +423,8 @@ def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
+    if args.stuck is not None:
+        return _print_stuck(args, out)
     filters = {"function_id": args.function, "status": args.status, "since": args.since, "until": args.until}
     limit = args.limit or None
     with open_reader(args.db) as store:
@@ -481,6 +545,47 @@ def cmd_rebuild(args: argparse.Namespace, out: TextIO) -> int:
         print(f"Run `steplog rebuild --db {shlex.quote(args.db)}` to correct them.", file=out)
         return 1
     return 0
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    path = args.database or args.db
+    with open_reader(path) as store:
+        report = store.check()
+    if args.json:
+        _print_json(_check_json(report), out)
+        return 0 if report.ok else 1
+    if report.ok:
+        unverified = f" ({report.unverified} written before schema 2 have no checksum)" if report.unverified else ""
+        print(f"ok: {report.entries} entries{unverified}", file=out)
+        return 0
+    for line in report.integrity:
+        print(f"SQLite integrity_check: {line}", file=out)
+    for damaged in report.damaged[:MAX_LISTED_DIFFERENCES]:
+        print(f"damaged: position {damaged.position}, stream {damaged.stream!r}: {damaged.problem}", file=out)
+    if len(report.damaged) > MAX_LISTED_DIFFERENCES:
+        print(f"  ... and {len(report.damaged) - MAX_LISTED_DIFFERENCES} more (--json lists them all)", file=out)
+    if report.differences:
+        rows = "1 row differs" if len(report.differences) == 1 else f"{len(report.differences)} rows differ"
+        print(f"projections: {rows} from the log; `steplog rebuild --db {shlex.quote(path)}` corrects them", file=out)
+        for difference in report.differences[:MAX_LISTED_DIFFERENCES]:
+            print("  " + describe_difference(difference), file=out)
+    if report.integrity or report.damaged:
+        print(f"NOT OK: {path} ({report.entries} entries) is damaged. The engine refuses each run whose entries"
+              " are damaged; restore the file from a backup, or keep a copy aside to inspect.", file=out)
+    else:
+        print(f"NOT OK: the log of {path} ({report.entries} entries) is sound; its projections are not.", file=out)
+    return 1
+
+
+def _check_json(report: CheckReport) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "entries": report.entries,
+        "unverified": report.unverified,
+        "integrity": list(report.integrity),
+        "damaged": [{"position": d.position, "stream": d.stream, "problem": d.problem} for d in report.damaged],
+        "differences": None if report.differences is None else [_difference_json(d) for d in report.differences],
+    }
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:

@@ -310,6 +310,40 @@ def test_a_file_that_is_not_a_steplog_database(tmp_path: Path) -> None:
     assert digest(other) == before
 
 
+def test_check_says_ok_then_names_the_damaged_entry_and_refuses_its_run(
+    demo: dict[str, Any], runs: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "copy.db"
+    with sqlite3.connect(demo["db"]) as source, sqlite3.connect(db) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+    clean = steplog("check", db, cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr
+    run_id = by_function(runs)["vip-gift"][0]["run_id"]
+    with sqlite3.connect(db) as conn:  # the gift changes: valid JSON, a result the run never had
+        [(entries,)] = conn.execute("SELECT count(*) FROM log").fetchall()
+        [(position,)] = conn.execute(
+            "SELECT position FROM log WHERE stream = ? AND type = 'step.completed' LIMIT 1", (f"run/{run_id}",)
+        ).fetchall()
+        conn.execute("UPDATE log SET data = replace(data, 'tote bag', 'tote bat') WHERE position = ?", (position,))
+    conn.close()
+    assert clean.stdout == f"ok: {entries} entries\n"
+
+    damaged = steplog("check", "--db", db, cwd=tmp_path)
+    assert damaged.returncode == 1
+    assert f"damaged: position {position}, stream 'run/{run_id}': its checksum does not match" in damaged.stdout
+    assert "NOT OK" in damaged.stdout
+    code, out, _ = in_process(capsys, "check", db, "--json")
+    report = json.loads(out)
+    assert (code, report["ok"], report["entries"]) == (1, False, entries)
+    assert [(d["position"], d["stream"]) for d in report["damaged"]] == [(position, f"run/{run_id}")]
+    code, out, err = in_process(capsys, "run", run_id, "--db", db)
+    assert code == 1 and out == ""
+    assert f"the log entry at position {position} (stream 'run/{run_id}') in {db} is damaged" in err
+    assert "Traceback" not in err
+
+
 def test_rebuild_waits_for_the_engine_to_stop_but_check_does_not(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import steplog
 

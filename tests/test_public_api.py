@@ -12,8 +12,8 @@ EXPECTED = {
         "EngineError", "EngineStoppedError", "Event", "EventError", "ExpressionError", "FunctionDef",
         "Limits", "ManualClock", "MemoryEventStore", "NonRetriableError", "NondeterminismError", "Priority",
         "RateLimit", "RetryAfterError", "RetryPolicy", "RunFailedError", "RunHandle", "RunNotFoundError",
-        "Singleton", "SqliteEventStore", "StepError", "Steplog", "SystemClock", "Throttle", "Timeouts",
-        "TriggerCron", "TriggerEvent", "WebhookDef",
+        "Singleton", "SqliteEventStore", "StepError", "Steplog", "StuckRun", "SystemClock", "Throttle", "Timeouts",
+        "TriggerCron", "TriggerEvent", "WebhookDef", "stuck_runs",
     ],
     "steplog.engine": [
         "AsyncStep", "Batch", "Cancel", "Clock", "Concurrency", "Context", "CronTrigger", "Debounce", "DefinitionError",
@@ -21,8 +21,8 @@ EXPECTED = {
         "FlowOptions", "FunctionDef", "FunctionNotFoundError", "FunctionRegistry", "Limits", "ManualClock",
         "NonRetriableError", "NondeterminismError", "Outcome", "Priority", "RateLimit", "RetryAfterError",
         "RetryPolicy", "RunFailedError", "RunNotFoundError", "RunProjector", "Singleton", "Step", "StepError",
-        "SystemClock", "Throttle", "Timeouts", "TriggerCron", "TriggerEvent", "WebhookDef", "compile_expression", "define_function",
-        "parse_duration", "queries",
+        "StuckRun", "SystemClock", "Throttle", "Timeouts", "TriggerCron", "TriggerEvent", "WebhookDef", "compile_expression", "define_function",
+        "parse_duration", "queries", "stuck_runs",
     ],
     "steplog.testing": [
         "DEFAULT_START", "NondeterministicRunError", "RecordedRun", "ReplayReport", "SimulatedCrash", "Stub",
@@ -35,7 +35,7 @@ EXPECTED = {
     "steplog.testing.stateful": ["DurableFunctionMachine"],
     "steplog.actors": ["DatabaseInUseError", "EngineStoppedError", "RunHandle", "Steplog"],
     "steplog.eventstore": [
-        "Append", "Change", "Committed", "ConcurrencyError", "Delete", "Difference", "Entry", "EventStore",
+        "Append", "Change", "Committed", "ConcurrencyError", "CorruptEntryError", "Delete", "Difference", "Entry", "EventStore",
         "EventStoreError", "MemoryEventStore", "NewEntry", "Projector", "Row", "SqliteEventStore", "StorageError",
         "StoreBusyError", "StoreClosedError", "StreamWrite", "Table", "Upsert", "format_time", "parse_time",
     ],

@@ -195,6 +195,8 @@ async def _json_body(request: Request, max_bytes: int) -> Json:
 def _json_response(payload: Json, status: int) -> Response:
     content = json.dumps(payload, ensure_ascii=False, default=str, separators=(",", ":"))
     headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    if status == 413:
+        headers["Connection"] = "close"  # as the event API: the rest of a refused body is not read
     return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 
@@ -206,8 +208,9 @@ def _limit(request: Request) -> int:
 
 
 def _param(request: Request, name: str) -> str | None:
-    value = request.query_params.get(name, "").strip()
-    return value or None
+    """A filter's value as given (names may hold spaces at either end), or None if blank."""
+    value = request.query_params.get(name, "")
+    return value if value.strip() else None
 
 
 # -- the API -----------------------------------------------------------------------------------

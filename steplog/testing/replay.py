@@ -288,7 +288,7 @@ def replay(
     hooks = _ReplayHooks(history, finished, divergences, failed, failed_in_a_body)
     invocation = Invocation(
         attrs.evolve(function, timeouts=None), state, commit=hooks.commit,
-        clock=ManualClock(_replay_time(recorded)), limits=limits, coordinate=hooks.coordinate,
+        clock=ManualClock(_replay_time(recorded, state)), limits=limits, coordinate=hooks.coordinate,
         registry=registry, hooks=hooks,
     )
     invocation.quiet = True
@@ -357,13 +357,15 @@ def _limits_of(functions: Any) -> Limits:
     return limits if isinstance(limits, Limits) else Limits()
 
 
-def _replay_time(recorded: RecordedRun) -> datetime:
-    """When the recorded run last ran: its ending's time, or its last entry's."""
+def _replay_time(recorded: RecordedRun, state: RunState) -> datetime:
+    """When the recorded run last ran: its ending's time, or its last entry's; for a run waiting to run
+    its code again after a failure outside steps, that retry's time (the engine never runs it earlier)."""
     ending = recorded.ending
     if ending is not None and isinstance(ending.data.get("at"), str):
         return parse_time(ending.data["at"])
     last = recorded.entries[-1] if recorded.entries else None
-    return parse_time(last.recorded_at) if last is not None else datetime.fromtimestamp(0, UTC)
+    when = parse_time(last.recorded_at) if last is not None else datetime.fromtimestamp(0, UTC)
+    return max(when, parse_time(state.run_retry_at)) if state.run_retry_at is not None else when
 
 
 def _vanished(history: RunState, reached: Sequence[str]) -> list[str]:

@@ -156,7 +156,7 @@ def test_the_schema_is_readable_by_plain_sqlite_utils(store: SqliteEventStore, d
         assert {"log", "idempotency_keys", "items", "lines"} <= set(db.table_names())
         log = db["log"]
         assert log.pks == ["position"]
-        assert set(log.columns_dict) == {"position", "stream", "version", "type", "data", "recorded_at"}
+        assert set(log.columns_dict) == {"position", "stream", "version", "type", "data", "recorded_at", "checksum"}
         assert any(ix.columns == ["stream", "version"] and ix.unique for ix in log.indexes)
         rows = list(log.rows_where(order_by="position"))
         assert [(r["position"], r["stream"], r["version"], r["type"]) for r in rows] == [
