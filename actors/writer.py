@@ -5,7 +5,9 @@ inbox is empty. Under load a batch holds whatever queued during the previous fsy
 of one fsync is shared; alone, a commit waits for nothing.
 
 A commit that could not begin because another connection held the lock is tried again (nothing
-was written). A failed commit is not retried: the writer calls ``on_storage_failure`` so that the
+was written). A group that fails for a reason of its own (an append the store cannot encode, a
+projector's bug) rolls back whole and is committed again request by request, so that only the
+request at fault fails, not the others that happened to share its transaction. A failed commit is not retried: the writer calls ``on_storage_failure`` so that the
 runtime stops, then answers every waiting caller with the error, and refuses every later commit
 with it (after a failed fsync the file's state is unknown, and retrying in place can lose or
 duplicate writes).
@@ -63,12 +65,22 @@ class StoreWriter(Actor):
             self._fail(pending, error)
             return
         except Exception as error:  # noqa: BLE001 - a bug in a projector must not leave callers hanging
-            self._fail(pending, error)
+            if len(pending) == 1:
+                self._fail(pending, error)
+            else:
+                self._commit_each(pending)
             return
         offset = 0
         for request in pending:
             request.reply.set(results[offset : offset + len(request.appends)])
             offset += len(request.appends)
+
+    def _commit_each(self, pending: list[Commit]) -> None:
+        """One request of the group could not be written (nothing was: the transaction rolled back).
+        Commit the requests one by one, so that only the one at fault hears of it."""
+        for request in pending:
+            self._pending = [request]
+            self._flush()
 
     def _commit_waiting_out_locks(self, appends: list[Any]) -> list[Any]:
         # Another process (a backup, a sqlite3 shell, a rebuild) may hold the write lock for a
