@@ -30,7 +30,7 @@ from steplog.engine.errors import EngineError, RunNotFoundError
 from steplog.engine.events import Event, ReceivedEvent, prepare_events
 from steplog.engine.flow.gate import FlowGate, Journal, Start
 from steplog.engine.functions import FunctionRegistry
-from steplog.engine.jsonvalues import as_unicode
+from steplog.engine.jsonvalues import as_unicode, is_unicode
 from steplog.engine.limits import Limits, for_engine_events
 from steplog.engine.pauses import CANCEL_KIND, Pause, PauseIndex
 from steplog.engine.routing import DEDUP_WINDOW, FiredEvent, Routed, ScheduledRun, dedup_key, route, route_fired
@@ -536,7 +536,8 @@ class Coordinator:
         singleton (skip or cancel), throttle, concurrency keys and priority are decided again from
         the current definition; what decided about the events themselves (rate limit,
         idempotency, debounce, batching) is not."""
-        entries = self.store.read_stream(r.run_stream(request.run_id))
+        # a lone surrogate cannot be stored, so no run has such an id (and SQLite could not look it up)
+        entries = self.store.read_stream(r.run_stream(request.run_id)) if is_unicode(request.run_id) else []
         if not entries or entries[0].type not in (r.RUN_SCHEDULED, r.RUN_SKIPPED):
             raise RunNotFoundError(f"no run {request.run_id!r}")
         original = entries[0].data

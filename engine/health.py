@@ -6,7 +6,7 @@ as in tests. A run counts as *eligible* to progress when
 
     queued   its ``queue`` row is ready (``ready_at`` has passed): it should have started;
     timer    its ``timers`` row is due (a retry, a sleep's end, a wait's timeout): it should have resumed;
-    woken    its ``wakeups`` row (a wait resolved, a cancel request) is newer than anything the run
+    woken    its ``wakeups`` row (a wait resolved, a cancel request) is later in the log than anything the run
              recorded: it should have reacted;
     running  it is ``running``: its invocation should keep recording steps.
 
@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 from steplog.engine import records as r
 from steplog.engine.queries import run_history
-from steplog.eventstore import Entry, EventStore, format_time, parse_time
+from steplog.eventstore import CorruptEntryError, Entry, EventStore, format_time, parse_time
 
 DEFAULT_WINDOW = timedelta(seconds=60)
 ENDED_STATUSES = frozenset({"completed", "failed", "cancelled", "skipped"})
@@ -92,7 +92,10 @@ def stuck_runs(
     """
     if window <= timedelta(0):
         raise ValueError(f"window must be positive, got {window}")
-    cutoff = now - window
+    try:
+        cutoff = now - window
+    except OverflowError:
+        return []  # a window longer than the calendar: nothing has been eligible for that long
     found: dict[str, StuckRun] = {}
     for candidate in sorted(_candidates(store, cutoff), key=lambda c: c.since):
         if candidate.run_id not in found:
@@ -121,27 +124,43 @@ def _confirm(store: EventStore, candidate: _Candidate, cutoff: datetime, history
     if not rows or rows[0]["status"] in ENDED_STATUSES:
         return None  # a row left behind by a run that ended
     run = rows[0]
-    last = _last_entry_at(store, candidate.run_id)
+    try:
+        # the signal before the run's own entry: a run that reacts meanwhile shows a later position
+        signal = _last_entry(store, r.signal_stream(candidate.run_id)) if candidate.reason == "woken" else None
+        last_entry = _last_entry(store, r.run_stream(candidate.run_id))
+    except CorruptEntryError as error:
+        return _damaged(candidate, run, error)
+    last = parse_time(last_entry.recorded_at) if last_entry is not None else None
     since = candidate.since
-    if candidate.reason == "woken" and last is not None and last >= since:
-        return None  # it reacted to the signal; the row stays until the run ends
+    if candidate.reason == "woken" and last_entry is not None and (
+        last_entry.position > signal.position if signal is not None else last is not None and last >= since
+    ):
+        return None  # it reacted to the signal (by the log's order: one commit's entries share a time)
     if candidate.reason == "running":
         since = last or since
     if last is not None and last > cutoff:
         return None
-    entries = tuple(run_history(store, candidate.run_id).entries) if history else ()
+    try:
+        entries = tuple(run_history(store, candidate.run_id).entries) if history else ()
+    except CorruptEntryError as error:
+        return _damaged(candidate, run, error)
     return StuckRun(
         candidate.run_id, run["function_id"], run["status"], candidate.reason, since, last, candidate.detail, entries
     )
 
 
-def _last_entry_at(store: EventStore, run_id: str) -> datetime | None:
-    stream = r.run_stream(run_id)
+def _damaged(candidate: _Candidate, run: dict[str, Any], error: CorruptEntryError) -> StuckRun:
+    """A candidate whose log cannot be read: the engine refuses it, so it will never move again."""
+    detail = f"{candidate.detail}; its log is damaged, so the engine refuses the run: {error}"
+    return StuckRun(candidate.run_id, run["function_id"], run["status"], candidate.reason, candidate.since, None, detail)
+
+
+def _last_entry(store: EventStore, stream: str) -> Entry | None:
     version = store.stream_version(stream)
     if version == 0:
         return None
     tail = store.read_stream(stream, after=version - 1)
-    return parse_time(tail[-1].recorded_at) if tail else None
+    return tail[-1] if tail else None
 
 
 def _short(data: dict[str, Any], width: int = 160) -> str:

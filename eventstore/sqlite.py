@@ -577,7 +577,12 @@ def _decoded(row: tuple[Any, ...]) -> Entry | str:
             return f"its checksum does not match (stored {_hex(stored)}, computed {computed:#010x})"
     try:
         # json.loads of the decoded text: a third quicker than of the bytes
-        entry = Entry(position, stream.decode(), version, type_.decode(), json.loads(data.decode()), recorded_at.decode())
+        text = data.decode()
+        try:
+            value = json.loads(text)
+        except RecursionError:  # the reader's levels count with the caller's frames: try on a fresh stack
+            value = _loads_on_a_fresh_stack(text)
+        entry = Entry(position, stream.decode(), version, type_.decode(), value, recorded_at.decode())
     except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return f"its text is not valid ({type(error).__name__}: {error})"
     except RecursionError:
@@ -585,6 +590,26 @@ def _decoded(row: tuple[Any, ...]) -> Entry | str:
     if not isinstance(entry.data, dict):
         return f"its data is a JSON {type(entry.data).__name__}, not an object"
     return entry
+
+
+def _loads_on_a_fresh_stack(text: str) -> Any:
+    """``json.loads`` on a thread of its own, whose stack is empty: on Python 3.11 the reader's
+    nesting counts against the recursion limit together with the caller's frames, so JSON within
+    steplog's depth limit can fail to parse from a deep call stack."""
+    outcome: list[Any] = []
+
+    def load() -> None:
+        try:
+            outcome.append(json.loads(text))
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+            outcome.append(error)
+
+    thread = threading.Thread(target=load, name="steplog-json")
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _text_of(value: object) -> str:
