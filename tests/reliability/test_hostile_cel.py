@@ -12,17 +12,14 @@ is ever evaluated as Python: ``event.__class__`` is a missing map key, not an at
 
 from __future__ import annotations
 
+import importlib.util
 import io
-import json
-import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from steplog import cli
 from steplog.engine import queries
 from steplog.engine.expressions import CONCATENATION_BOUND, ExpressionError, compile_expression
 
@@ -38,51 +35,36 @@ from steplog import (
     Singleton,
     Throttle,
     TriggerEvent,
+    cli,
 )
 from steplog.testing import TestEngine
 
-T = TypeVar("T")
 DEADLINE = 30.0
 """Generous: a case that takes longer hangs; timing itself belongs in benchmarks/."""
-REPORT_ENV = "STEPLOG_RELIABILITY_REPORT"
-TRIED: dict[str, set[str]] = {}
-"""entry point -> the hostile inputs tried there (for the report line)."""
+def _load_sibling(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"steplog_reliability_{Path(name).stem}", Path(__file__).with_name(name))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def tried(entry_point: str, label: str) -> None:
-    TRIED.setdefault(entry_point, set()).add(label)
+HOSTILE = _load_sibling("hostile_cases.py")
+within = HOSTILE.within
+TRIED = HOSTILE.InputsTried("cel")
+tried = TRIED.add
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report() -> Iterator[None]:
     yield
-    path = os.environ.get(REPORT_ENV)
-    if path and TRIED:
-        inputs = len({label for labels in TRIED.values() for label in labels})
-        line = {"test": "hostile_input", "part": "cel", "inputs": inputs,
-                "entry_points": {name: len(labels) for name, labels in sorted(TRIED.items())}}
-        with Path(path).open("a", encoding="utf-8") as report:
-            report.write(json.dumps(line) + "\n")
+    TRIED.report()
 
 
-def within(seconds: float, action: Callable[[], T]) -> T:
-    """``action()``'s result or exception; the test fails if it has not returned after ``seconds``."""
-    outcome: dict[str, Any] = {}
 
-    def run() -> None:
-        try:
-            outcome["value"] = action()
-        except BaseException as error:  # noqa: BLE001 - handed back to the test's thread
-            outcome["error"] = error
 
-    thread = threading.Thread(target=run, name="hostile-case", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"no answer within {seconds} s: the case hangs")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]  # type: ignore[no-any-return]
+
+
 
 
 # -- hostile expressions, refused at definition time ----------------------------------------------

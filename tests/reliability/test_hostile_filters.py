@@ -10,16 +10,16 @@ And a static check: the installed package never unpickles, unmarshals, evaluates
 from __future__ import annotations
 
 import ast
+import importlib.util
 import io
 import json
-import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -30,10 +30,26 @@ import steplog
 from steplog import Context, TriggerEvent, cli
 from steplog.server import ServerConfig, create_app
 
-T = TypeVar("T")
 DEADLINE = 30.0
-REPORT_ENV = "STEPLOG_RELIABILITY_REPORT"
-TRIED: dict[str, set[str]] = {}
+def _load_sibling(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"steplog_reliability_{Path(name).stem}", Path(__file__).with_name(name))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+HOSTILE = _load_sibling("hostile_cases.py")
+within = HOSTILE.within
+TRIED = HOSTILE.InputsTried("filters")
+tried = TRIED.add
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Iterator[None]:
+    yield
+    TRIED.report()
+
 
 NAMES = [
     "a%", "a_", "%", "_", "a'b", 'a"b', "a;--", "'; DROP TABLE events; --", "' OR '1'='1", "a]b", "a[b",
@@ -47,40 +63,10 @@ WILD_FILTERS = ["%", "_", "*", "fn%", "fn_", "fn_%", "' OR 1=1 --", "fn_1' --", 
 """Filters that match no function id (each is compared as text, exactly)."""
 
 
-def tried(entry_point: str, label: str) -> None:
-    TRIED.setdefault(entry_point, set()).add(label)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report() -> Iterator[None]:
-    yield
-    path = os.environ.get(REPORT_ENV)
-    if path and TRIED:
-        inputs = len({label for labels in TRIED.values() for label in labels})
-        line = {"test": "hostile_input", "part": "filters", "inputs": inputs,
-                "entry_points": {name: len(labels) for name, labels in sorted(TRIED.items())}}
-        with Path(path).open("a", encoding="utf-8") as report:
-            report.write(json.dumps(line) + "\n")
 
 
-def within(seconds: float, action: Callable[[], T]) -> T:
-    """``action()``'s result or exception; the test fails if it has not returned after ``seconds``."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = action()
-        except BaseException as error:  # noqa: BLE001 - handed back to the test's thread
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run, name="hostile-filter", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"no answer within {seconds} s: the query hangs")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]  # type: ignore[no-any-return]
 
 
 @contextmanager
