@@ -27,8 +27,11 @@ def encode(value: Any, *, what: str) -> str:
         raise NotJSONError(f"{what} is not JSON: {error}") from None
     except RecursionError:
         # the C encoder counts each level against the recursion limit; left alone, the error would
-        # escape as an engine crash rather than a refusal of this value
-        raise NotJSONError(f"{what} is not JSON steplog can record: {_TOO_DEEP}") from None
+        # escape as an engine crash rather than a refusal of this value. The limit counts the
+        # caller's frames too: a value within MAX_DEPTH may fail from deep recursion (_deeper_than
+        # is iterative, so it can tell which it was here)
+        reason = _TOO_DEEP if _deeper_than(value, MAX_DEPTH) else _STACK_TOO_DEEP
+        raise NotJSONError(f"{what} is not JSON steplog can record: {reason}") from None
     if text.count("[") + text.count("{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
         raise NotJSONError(f"{what} is not JSON steplog can record: {_TOO_DEEP}")
     if not text.isascii():
@@ -42,6 +45,10 @@ def encode(value: Any, *, what: str) -> str:
 
 
 _TOO_DEEP: Final = f"its arrays or objects nest too deeply (more than {MAX_DEPTH} levels)"
+_STACK_TOO_DEEP: Final = (
+    f"its arrays or objects (within the {MAX_DEPTH} levels allowed) nest too deeply to encode from a call stack"
+    " this deep: Python's recursion limit counts the value's levels and the calling code's frames together"
+)
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
