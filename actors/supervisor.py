@@ -234,13 +234,18 @@ class FunctionSupervisor(Actor):
                 self._activity.begin()
                 self._offer(run_id, None)
         else:
-            self._flows.pop(run_id, None)
-            self._unpaced.pop(run_id, None)
-            self._waiting_for.pop(run_id, None)
-            if run_id in self._armed:  # it ended: a timer left for it (a wait's timeout) must not wake it
-                self._armed.discard(run_id)
-                self._timer.tell(Disarm(run_id))
+            self._forget(run_id)
         self._activity.end()
+
+    def _forget(self, run_id: str) -> None:
+        """The run ended (or is refused): drop what this supervisor holds for it."""
+        self._rewake.discard(run_id)
+        self._flows.pop(run_id, None)
+        self._unpaced.pop(run_id, None)
+        self._waiting_for.pop(run_id, None)
+        if run_id in self._armed:  # a timer left for it (a wait's timeout) must not wake it
+            self._armed.discard(run_id)
+            self._timer.tell(Disarm(run_id))
 
     def _crashed(self, run_id: str, error: BaseException) -> None:
         self._active.discard(run_id)
@@ -260,7 +265,7 @@ class FunctionSupervisor(Actor):
         """Never run from a damaged history: no restart (it would read the same bytes), no
         ``run.failed`` (an end written after entries that cannot be read); the other runs go on."""
         self._restarts.pop(run_id, None)
-        self._flows.pop(run_id, None)
+        self._forget(run_id)
         log.error("run %s is refused: %s", run_id, error)
         self._activity.run_refused(run_id, error)
         self._activity.end()
