@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument(
         "--stuck", nargs="?", const=timedelta(seconds=60), type=_window_arg, metavar="WINDOW",
         help="instead: runs eligible to progress (ready, due, woken or running) that have recorded nothing for"
-        " WINDOW (default 60s), each with its history; exit 1 if there are any",
+        " WINDOW (default 60s), each with its history (--function and --status narrow them); exit 1 if there"
+        " are any",
     )
 
     run = command(
@@ -291,8 +292,13 @@ def _window_arg(text: str) -> timedelta:
 
 
 def _print_stuck(args: argparse.Namespace, out: TextIO) -> int:
+    unused = [flag for flag, value in (("--event", args.event), ("--since", args.since), ("--until", args.until))
+              if value is not None]
+    if unused:
+        raise CliError(f"--stuck takes --function and --status, not {', '.join(unused)}", code=2)
     with open_reader(args.db) as store:
         stuck = stuck_runs(store, now=datetime.now(UTC), window=args.stuck)
+    stuck = [run for run in stuck if args.function in (None, run.function_id) and args.status in (None, run.status)]
     if args.json:
         _print_json([run.to_dict() for run in stuck], out)
     elif not stuck:

@@ -61,3 +61,19 @@ def test_a_window_that_is_not_a_positive_duration_is_refused(
         cli.main(["runs", f"--stuck={window}", "--db", str(tmp_path / "app.db")])
     assert exit_info.value.code == 2
     assert "--stuck" in capsys.readouterr().err
+
+
+def test_function_and_status_narrow_the_stuck_runs_and_other_filters_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "app.db"
+    run_id = database_with_a_run_never_started(db, datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+
+    assert cli.main(["runs", "--stuck", "--function", "one", "--status", "queued", "--db", str(db)]) == 1
+    assert f"run {run_id} (one, queued)" in capsys.readouterr().out
+    assert cli.main(["runs", "--stuck", "--function", "another", "--db", str(db)]) == 0
+    assert cli.main(["runs", "--stuck", "--status", "running", "--db", str(db)]) == 0
+    assert capsys.readouterr().out.count("no stuck runs") == 2
+
+    assert cli.main(["runs", "--stuck", "--event", "e1", "--since", "2026-01-01", "--db", str(db)]) == 2
+    assert "--stuck takes --function and --status, not --event, --since" in capsys.readouterr().err
