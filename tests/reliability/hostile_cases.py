@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,3 +56,14 @@ class InputsTried:
                 "entry_points": {name: len(labels) for name, labels in sorted(self.by_entry_point.items())}}
         with Path(path).open("a", encoding="utf-8") as report:
             report.write(json.dumps(line) + "\n")
+
+
+def reporting(tried: InputsTried) -> Any:
+    """A module fixture (autouse) that writes ``tried``'s report line once the module's tests ran."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def report_inputs_tried() -> Iterator[None]:
+        yield
+        tried.report()
+
+    return report_inputs_tried

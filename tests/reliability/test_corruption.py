@@ -28,14 +28,15 @@ With STEPLOG_RELIABILITY_REPORT set, one JSON line of counts is appended to that
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import random
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,6 @@ from steplog.engine import Engine, ManualClock, RunProjector, queries
 from steplog.engine.coordination import Accepted, RerunRun, SendEvents
 from steplog.engine.errors import EngineError
 from steplog.eventstore import (
-    Append,
-    Committed,
-    ConcurrencyError,
     CorruptEntryError,
     Entry,
     EventStoreError,
@@ -55,67 +53,28 @@ from steplog.eventstore import (
     StorageError,
 )
 
-import steplog
 from steplog import cli
 from steplog.testing import TestEngine, registry_of
 
-START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-SLEEP_S = 60
+
+def _load_sibling(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"steplog_reliability_{Path(name).stem}", Path(__file__).with_name(name))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+WORKLOAD = _load_sibling("damage_workload.py")
+START, SLEEP_S, NoCheckpointStore = WORKLOAD.START, WORKLOAD.SLEEP_S, WORKLOAD.NoCheckpointStore
+functions, expected_output = WORKLOAD.functions, WORKLOAD.expected_output
+STEPS_EVENT, SLEEP_EVENT = WORKLOAD.STEPS_EVENT, WORKLOAD.SLEEP_EVENT
+
 FLIPS = {"ci": 100, "long": 1000}
 SECTOR = 4096
 OUTCOMES = (
     "detected_by_sqlite", "detected_by_checksum", "detected_by_projections", "harmless", "wal_tail_dropped",
 )
-
-
-class NoCheckpointStore(SqliteEventStore):
-    """A store whose connections never checkpoint (the WAL keeps every transaction), and which
-    records each committed transaction's last position once its commit has returned."""
-
-    committed: list[int]
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = super()._connect()
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-        return conn
-
-    def commit(self, appends: Sequence[Append], *, now: datetime) -> list[Committed | ConcurrencyError]:
-        results = super().commit(appends, now=now)
-        self.committed.append(self.last_position())
-        return results
-
-
-def functions(
-    executed: list[tuple[str, str]] | None = None, db: str | Path = ":memory:", clock: ManualClock | None = None
-) -> steplog.Steplog:
-    """Three-step runs and runs that sleep between two steps; ``executed`` hears of each body run."""
-    client = steplog.Steplog(db=db, clock=clock)
-    heard = executed if executed is not None else []
-
-    def body(ctx: steplog.Context, step: str, value: Any) -> Any:
-        heard.append((ctx.run_id, step))
-        return value
-
-    @client.create_function(fn_id="steps", trigger=steplog.TriggerEvent(event="flip/steps"))
-    def steps(ctx: steplog.Context) -> int:
-        n = int(ctx.event.data["n"])
-        a = ctx.step.run("a", lambda: body(ctx, "a", n * 2))
-        b = ctx.step.run("b", lambda: body(ctx, "b", a + 1))
-        return int(ctx.step.run("c", lambda: body(ctx, "c", b * 10)))
-
-    @client.create_function(fn_id="sleeper", trigger=steplog.TriggerEvent(event="flip/sleep"))
-    def sleeper(ctx: steplog.Context) -> str:
-        n = int(ctx.event.data["n"])
-        first = ctx.step.run("before", lambda: body(ctx, "before", f"n={n}"))
-        ctx.step.sleep("nap", SLEEP_S)
-        return str(ctx.step.run("after", lambda: body(ctx, "after", first + "!")))
-
-    return client
-
-
-def expected_output(function_id: str, data: dict[str, Any]) -> Any:
-    n = int(data["n"])
-    return (n * 2 + 1) * 10 if function_id == "steps" else f"n={n}!"
 
 
 @attrs.frozen
@@ -147,12 +106,12 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
     engine = Engine(store, registry=registry_of([functions()]), clock=clock)
     engine.start()
     for n in range(3):
-        engine.send({"name": "flip/steps", "data": {"n": n}})
-        engine.send({"name": "flip/sleep", "data": {"n": n}})
+        engine.send({"name": STEPS_EVENT, "data": {"n": n}})
+        engine.send({"name": SLEEP_EVENT, "data": {"n": n}})
         engine.run_until_idle()
     engine.advance(timedelta(seconds=SLEEP_S))  # these sleepers finish; the next ones sleep
     for n in range(3, 7):
-        engine.send({"name": "flip/sleep", "data": {"n": n}})
+        engine.send({"name": SLEEP_EVENT, "data": {"n": n}})
         engine.run_until_idle()
     wal_db, wal = path.read_bytes(), Path(f"{path}-wal").read_bytes()  # as a kill would leave them
     log = tuple(store.read_all())
@@ -397,12 +356,12 @@ def test_a_request_about_a_damaged_run_is_refused_alone(pristine: Pristine, tmp_
     victim = pristine.sleeping[0]
     [first] = [e for e in pristine.log if e.stream == f"run/{victim}" and e.type == "run.scheduled"]
     with sqlite3.connect(path, isolation_level=None) as conn:
-        conn.execute("UPDATE log SET data = replace(data, 'flip/sleep', 'flip/sleeq') WHERE position = ?",
+        conn.execute("UPDATE log SET data = replace(data, 'damage/sleep', 'damage/sleeq') WHERE position = ?",
                      (first.position,))
     conn.close()
     engine = TestEngine(functions(), path=path, start=pristine.now)
     try:
-        send = SendEvents({"name": "flip/steps", "data": {"n": 40}})
+        send = SendEvents({"name": STEPS_EVENT, "data": {"n": 40}})
         refused, accepted = engine.engine.coordinator.handle([RerunRun(victim), send], engine.now)
         assert isinstance(refused, CorruptEntryError) and refused.position == first.position
         assert isinstance(accepted, Accepted) and len(accepted.runs) == 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -53,12 +53,7 @@ HOSTILE = _load_sibling("hostile_cases.py")
 within = HOSTILE.within
 TRIED = HOSTILE.InputsTried("cel")
 tried = TRIED.add
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report() -> Iterator[None]:
-    yield
-    TRIED.report()
+_report = HOSTILE.reporting(TRIED)
 
 
 

@@ -43,12 +43,7 @@ HOSTILE = _load_sibling("hostile_cases.py")
 within = HOSTILE.within
 TRIED = HOSTILE.InputsTried("filters")
 tried = TRIED.add
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report() -> Iterator[None]:
-    yield
-    TRIED.report()
+_report = HOSTILE.reporting(TRIED)
 
 
 NAMES = [

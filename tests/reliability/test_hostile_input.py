@@ -56,12 +56,7 @@ HOSTILE = _load_sibling("hostile_cases.py")
 within = HOSTILE.within
 TRIED = HOSTILE.InputsTried("events-and-steps")
 tried = TRIED.add
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report() -> Iterator[None]:
-    yield
-    TRIED.report()
+_report = HOSTILE.reporting(TRIED)
 
 
 

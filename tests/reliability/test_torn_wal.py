@@ -21,73 +21,41 @@ one JSON line of counts is appended to that file.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
-import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 from steplog.engine import Engine, ManualClock, RunProjector, queries
-from steplog.eventstore import Append, Committed, ConcurrencyError, Entry, SqliteEventStore
+from steplog.eventstore import Entry, SqliteEventStore
 
-import steplog
 from steplog.testing import TestEngine, registry_of
 
-START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+def _load_sibling(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"steplog_reliability_{Path(name).stem}", Path(__file__).with_name(name))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+WORKLOAD = _load_sibling("damage_workload.py")
+START, SLEEP_S, NoCheckpointStore = WORKLOAD.START, WORKLOAD.SLEEP_S, WORKLOAD.NoCheckpointStore
+functions, expected_output = WORKLOAD.functions, WORKLOAD.expected_output
+STEPS_EVENT, SLEEP_EVENT = WORKLOAD.STEPS_EVENT, WORKLOAD.SLEEP_EVENT
+
 WAL_HEADER = 32
 FRAME_HEADER = 24
 TRUNCATIONS = {"ci": 100, "long": 1500}
 CUT_KINDS = ("zero", "wal_header", "frame_boundary", "frame_header", "page", "whole")
-SLEEP_S = 60
-
-
-class NoCheckpointStore(SqliteEventStore):
-    """A store whose every connection leaves the WAL alone, and which records each committed
-    transaction's last position once its commit has returned."""
-
-    committed: list[int]
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = super()._connect()
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-        return conn
-
-    def commit(self, appends: Sequence[Append], *, now: datetime) -> list[Committed | ConcurrencyError]:
-        results = super().commit(appends, now=now)
-        self.committed.append(self.last_position())
-        return results
-
-
-def functions() -> steplog.Steplog:
-    """The workload's functions, defined on a client that is never started."""
-    client = steplog.Steplog(db=":memory:")
-
-    @client.create_function(fn_id="steps", trigger=steplog.TriggerEvent(event="torn/steps"))
-    def steps(ctx: steplog.Context) -> int:
-        n = int(ctx.event.data["n"])
-        a = ctx.step.run("a", lambda: n * 2)
-        b = ctx.step.run("b", lambda: a + 1)
-        return int(ctx.step.run("c", lambda: b * 10))
-
-    @client.create_function(fn_id="sleeper", trigger=steplog.TriggerEvent(event="torn/sleep"))
-    def sleeper(ctx: steplog.Context) -> str:
-        n = int(ctx.event.data["n"])
-        first = ctx.step.run("before", lambda: f"n={n}")
-        ctx.step.sleep("nap", SLEEP_S)
-        return str(ctx.step.run("after", lambda: first + "!"))
-
-    return client
-
-
-def expected_output(function_id: str, data: dict[str, Any]) -> Any:
-    n = int(data["n"])
-    return (n * 2 + 1) * 10 if function_id == "steps" else f"n={n}!"
 
 
 @attrs.frozen
@@ -111,8 +79,8 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
     engine = Engine(store, registry=registry_of([functions()]), clock=clock)
     engine.start()
     for batch in range(6):
-        engine.send([{"name": "torn/steps", "data": {"n": batch * 10 + i}} for i in range(1 + batch % 3)])
-        engine.send({"name": "torn/sleep", "data": {"n": batch}})
+        engine.send([{"name": STEPS_EVENT, "data": {"n": batch * 10 + i}} for i in range(1 + batch % 3)])
+        engine.send({"name": SLEEP_EVENT, "data": {"n": batch}})
         engine.run_until_idle()
         if batch == 3:
             engine.advance(timedelta(seconds=SLEEP_S))  # the first sleepers finish; later ones still sleep
